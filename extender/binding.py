@@ -1,0 +1,12 @@
+"""Who performs a binding: the API server in live mode, the in-memory cluster in snapshot mode."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Binder(Protocol):
+    """Binds a pod to a node, or raises extender.errors.BindError with the reason to report."""
+
+    async def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """Create the binding; return only once it is accepted."""
