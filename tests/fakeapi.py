@@ -262,6 +262,8 @@ class FakeApiServer:
         self._snapshots: dict[str, _Snapshot] = {}
         self._injections: list[_Injection] = []
         self._token_ids = itertools.count(1)
+        self.after_list_page: Callable[[str], None] | None = None
+        """Called after each list page is built: lets a test act between two pages."""
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = 0
@@ -606,6 +608,8 @@ class FakeApiServer:
             ).decode()
             self._snapshots[next_token] = _Snapshot(snapshot.rv, signature, rest, snapshot.expired)
             metadata["continue"] = next_token
+        if self.after_list_page is not None:
+            self.after_list_page(kind)
         body = {
             "kind": KINDS[kind] + "List",
             "apiVersion": "v1",
@@ -855,3 +859,40 @@ def _int_param(query: Any, name: str, *, minimum: int) -> int:
     if not text.isdigit() or int(text) < minimum:
         raise _StatusError(400, "BadRequest", f"invalid {name} {text!r}")
     return int(text)
+
+
+class RecordingSink:
+    """An ObjectSink that keeps what it was told in a dict, keyed like the fake's `truth()`."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, RawObject] = {}
+        self.replaces = 0
+
+    def upsert(self, raw: RawObject) -> None:
+        self.objects[_key(raw)] = raw
+
+    def delete(self, raw: RawObject) -> None:
+        self.objects.pop(_key(raw), None)
+
+    def replace(self, raws: list[RawObject]) -> None:
+        self.objects = {_key(raw): raw for raw in raws}
+        self.replaces += 1
+
+    def versions(self) -> dict[str, str]:
+        """Key -> resourceVersion: equal to the fake's `versions()` when in sync."""
+        return {key: obj["metadata"]["resourceVersion"] for key, obj in self.objects.items()}
+
+
+def versions(objects: dict[str, RawObject]) -> dict[str, str]:
+    """Key -> resourceVersion of a `truth()` answer."""
+    return {key: obj["metadata"]["resourceVersion"] for key, obj in objects.items()}
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 15.0) -> None:
+    """Wait until `condition()` holds; the bound is a hang guard, not a performance claim."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {within} s")
+        await asyncio.sleep(0.005)

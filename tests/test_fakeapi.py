@@ -77,7 +77,9 @@ async def test_paginated_list_is_a_consistent_snapshot(
     names = []
     token = first["metadata"]["continue"]
     while token:
-        status, page = await get_json(http, fake.url + "/api/v1/pods", limit="2", **{"continue": token})
+        status, page = await get_json(
+            http, fake.url + "/api/v1/pods", limit="2", **{"continue": token}
+        )
         assert status == 200
         assert page["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
         names += [p["metadata"]["name"] for p in page["items"]]
