@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.fakeapi import FakeApiServer, Pki
+from tests.fakeapi import FakeApiServer, Pki, eventually
 
 AUTH = {"Authorization": "Bearer token-1"}
 
@@ -55,7 +55,7 @@ async def get_json(
 
 async def read_events(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
     """The next `count` watch events of a stream."""
-    events = []
+    events: list[dict[str, Any]] = []
     while len(events) < count:
         line = await asyncio.wait_for(response.content.readline(), 5)
         assert line, "stream ended early"
@@ -240,8 +240,7 @@ async def test_break_streams_cuts_the_connection(
     """break_streams aborts mid-line: the client sees a payload error, not a clean end."""
     params = {"watch": "1", "resourceVersion": str(fake.rv)}
     async with http.get(fake.url + "/api/v1/nodes", params=params) as response:
-        while fake.open_watches == 0:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: fake.open_watches == 1)
         fake.break_streams(partial_line=b'{"type":"ADD')
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(response.read(), 5)
