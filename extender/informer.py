@@ -142,7 +142,17 @@ class Informer:
         )
 
     async def run(self) -> None:
-        """List and watch forever; returns only by cancellation."""
+        """List and watch forever; returns only by cancellation (or a bug, which is recorded)."""
+        try:
+            await self._loop()
+        except Exception as error:
+            # Not handled on purpose: an unforeseen failure must end up in the log and make
+            # readiness fail after the staleness bound, not be retried in a loop.
+            self._broken_since = self._broken_since or self._clock()
+            self._last_error = f"informer stopped: {error!r}"
+            raise
+
+    async def _loop(self) -> None:
         gone_without_progress = 0
         while True:
             try:

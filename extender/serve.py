@@ -51,6 +51,18 @@ def add_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="YAML settings file (keys as in extender/settings.py)",
     )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="live mode: kubeconfig (default: in-cluster, else $KUBECONFIG, ~/.kube/config)",
+    )
+    parser.add_argument("--context", help="live mode: kubeconfig context (default: current)")
+    parser.add_argument(
+        "--staleness-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="live mode: not ready once a watch has been broken this long (default 60)",
+    )
     parser.add_argument("--scheduler-name", help="only check pods of this schedulerName")
     parser.add_argument(
         "--fail-open",
@@ -87,6 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "cluster_reserved_ports": args.cluster_reserved_ports,
         "protected_ports": args.protected_ports,
         "max_body_bytes": args.max_body_bytes,
+        "staleness_seconds": args.staleness_seconds,
     }
     if args.listen:
         overrides["listen_host"], overrides["listen_port"] = parse_listen(args.listen)
@@ -101,7 +114,14 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = settings_from_args(args)
     if not args.snapshot:
-        raise ExtenderError("live mode is not available yet: pass --snapshot FILE")
+        # Imported here so that snapshot mode never loads the `kubernetes` package.
+        from extender.live import create_live_app  # noqa: PLC0415
+
+        app, where = create_live_app(settings, kubeconfig=args.kubeconfig, context=args.context)
+        asyncio.run(serve_app(app, settings, where))
+        return 0
+    if args.kubeconfig or args.context:
+        raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
     cluster = Cluster(settings)
     objects = load_objects(args.snapshot)
     cluster.nodes.replace(objects.nodes)

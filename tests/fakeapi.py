@@ -158,6 +158,8 @@ class _Watcher:
     selector: tuple[FieldRequirement, ...]
     bookmarks: bool
     queue: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)
+    covered_rv: int = 0
+    """Changes up to this RV were sent as the backlog (or predate the watch)."""
 
 
 @dataclass(slots=True)
@@ -262,6 +264,8 @@ class FakeApiServer:
         self._snapshots: dict[str, _Snapshot] = {}
         self._injections: list[_Injection] = []
         self._token_ids = itertools.count(1)
+        self._paused = False
+        self._pending: list[_Change] = []
         self.after_list_page: Callable[[str], None] | None = None
         """Called after each list page is built: lets a test act between two pages."""
         self._runner: web.AppRunner | None = None
@@ -461,11 +465,30 @@ class FakeApiServer:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def pause_watches(self) -> None:
+        """Hold back events from open watches (a slow watch cache) until `resume_watches`."""
+        self._paused = True
+
+    def resume_watches(self) -> None:
+        """Deliver the held-back events, in order."""
+        self._paused = False
+        for change in self._pending:
+            self._deliver(change)
+        self._pending.clear()
+
     def _record(self, change: _Change) -> None:
         self.history.append(change)
         while len(self.history) > self.history_limit:
             self.compacted_rv = self.history.popleft().rv
+        if self._paused:
+            self._pending.append(change)
+        else:
+            self._deliver(change)
+
+    def _deliver(self, change: _Change) -> None:
         for watcher in self._watchers:
+            if change.rv <= watcher.covered_rv:
+                continue
             line = _event_line(change, watcher)
             if line is not None:
                 watcher.queue.put_nowait(line)
@@ -664,6 +687,7 @@ class FakeApiServer:
             await response.write_eof()
             return response
         # Registered before the first await, so no write between the backlog and now is lost.
+        watcher.covered_rv = self.rv
         self._watchers.add(watcher)
         try:
             await response.prepare(request)
