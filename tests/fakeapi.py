@@ -277,6 +277,8 @@ class FakeApiServer:
         self.app.router.add_get("/api/v1/nodes/{name}", self._get_node)
         self.app.router.add_patch("/api/v1/nodes/{name}", self._patch_node)
         self.app.router.add_post("/api/v1/namespaces/{namespace}/pods/{name}/binding", self._bind)
+        self.app.on_shutdown.append(self._on_shutdown)
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -296,7 +298,9 @@ class FakeApiServer:
 
     async def start(self) -> None:
         """Listen on 127.0.0.1 (an ephemeral port the first time, the same one afterwards)."""
-        self._runner = web.AppRunner(self.app, handle_signals=False)
+        self._stopping = False
+        # The backstop only: on_shutdown cuts every watch, so handlers end at once.
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         self._site = web.TCPSite(
             self._runner, "127.0.0.1", self.port, ssl_context=self._ssl_context()
@@ -305,11 +309,14 @@ class FakeApiServer:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
-        """Close every stream and stop listening."""
-        self.break_streams()
+        """Stop listening and cut every stream (on_shutdown runs once no new connection comes)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self._stopping = True
+        self.break_streams()
 
     async def go_down(self) -> None:
         """The API server becomes unreachable: streams are cut, connections refused."""
@@ -689,6 +696,8 @@ class FakeApiServer:
         # Registered before the first await, so no write between the backlog and now is lost.
         watcher.covered_rv = self.rv
         self._watchers.add(watcher)
+        if self._stopping:
+            self.break_streams()  # accepted just before the listener closed: cut it too
         try:
             await response.prepare(request)
             for line in backlog:
