@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import itertools
 import ssl
 import subprocess
@@ -366,7 +365,7 @@ class FakeApiServer:
 
     def put(self, kind: str, raw: RawObject) -> RawObject:
         """Create or replace an object (like a controller's write); returns the stored copy."""
-        obj = copy.deepcopy(raw)
+        obj = _clone(raw)
         meta = obj.setdefault("metadata", {})
         if kind == "pods" and not meta.get("namespace"):
             raise ValueError("pods need metadata.namespace")
@@ -387,25 +386,25 @@ class FakeApiServer:
             obj.setdefault("status", {}).setdefault("phase", "Pending")
         self.objects[kind][key] = obj
         self._record(_Change(self.rv, kind, "MODIFIED" if prev else "ADDED", obj, prev))
-        return copy.deepcopy(obj)
+        return _clone(obj)
 
     def remove(self, kind: str, key: str) -> None:
         """Delete an object by `namespace/name` (pods) or `name` (nodes)."""
         prev = self.objects[kind].pop(key)
         self.rv += 1
-        gone = copy.deepcopy(prev)
+        gone = _clone(prev)
         gone["metadata"]["resourceVersion"] = str(self.rv)
         self._record(_Change(self.rv, kind, "DELETED", gone, prev))
 
     def get(self, kind: str, key: str) -> RawObject:
         """A copy of the stored object."""
-        return copy.deepcopy(self.objects[kind][key])
+        return _clone(self.objects[kind][key])
 
     def truth(self, kind: str, field_selector: str = "") -> dict[str, RawObject]:
         """What a fresh, consistent list would return, keyed like the informer's sinks."""
         selector = parse_field_selector(kind, field_selector)
         return {
-            key: copy.deepcopy(obj)
+            key: _clone(obj)
             for key, obj in self.objects[kind].items()
             if _matches(kind, obj, selector)
         }
@@ -618,16 +617,14 @@ class FakeApiServer:
                 if limit and requested != self.rv:
                     # Exact semantics with limit; the fake keeps no old states: stricter than etcd.
                     raise _StatusError(410, "Expired", f"too old resource version: {requested}")
+            # Stored objects are replaced on every write, never changed in place, so the
+            # snapshot can share them. Items of a list carry no kind/apiVersion, as for real.
             items = [
-                copy.deepcopy(obj)
+                {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
                 for key, obj in sorted(self.objects[kind].items())
                 if (namespace is None or obj["metadata"].get("namespace") == namespace)
                 and _matches(kind, obj, selector)
             ]
-            for item in items:
-                # Items of a list carry no kind/apiVersion, as from the real server.
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
             snapshot = _Snapshot(self.rv, signature, items)
         page = snapshot.items[:limit] if limit else snapshot.items
         rest = snapshot.items[len(page) :]
@@ -772,7 +769,7 @@ class FakeApiServer:
                 f'Operation cannot be fulfilled on nodes "{name}": the object has been modified; '
                 "please apply your changes to the latest version and try again",
             )
-        updated = copy.deepcopy(node)
+        updated = _clone(node)
         for section in ("annotations", "labels"):
             changes = meta_patch.get(section)
             if changes is None:
@@ -829,7 +826,7 @@ class FakeApiServer:
                 f'Operation cannot be fulfilled on pods/binding "{name}": pod {name} is already '
                 f'assigned to node "{pod["spec"]["nodeName"]}"',
             )
-        bound = copy.deepcopy(pod)
+        bound = _clone(pod)
         bound["spec"]["nodeName"] = target["name"]
         self.put("pods", bound)
         body = {
@@ -867,12 +864,18 @@ def _event_line(change: _Change, watcher: _Watcher) -> bytes | None:
     elif before:
         # The previous content, with the event's resourceVersion (cacher convertToWatchEvent).
         assert change.prev is not None
-        obj = copy.deepcopy(change.prev)
+        obj = _clone(change.prev)
         obj["metadata"]["resourceVersion"] = str(change.rv)
         kind = "DELETED"
     else:
         return None
     return orjson.dumps({"type": kind, "object": obj}) + b"\n"
+
+
+def _clone(obj: RawObject) -> RawObject:
+    """A deep copy (JSON objects only), several times faster than copy.deepcopy."""
+    clone: RawObject = orjson.loads(orjson.dumps(obj))
+    return clone
 
 
 def _expired_status(requested: int, oldest: int) -> RawObject:
