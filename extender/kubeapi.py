@@ -353,4 +353,10 @@ def _decode_event(line: bytes) -> RawEvent:
 
 
 def _describe(error: BaseException) -> str:
+    """A short, stable reason (aiohttp's own text embeds object reprs for connect errors)."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        reason = error.os_error.strerror or str(error.os_error) or type(error.os_error).__name__
+        return f"cannot connect to {error.host}:{error.port}: {reason}"
+    if isinstance(error, TimeoutError):
+        return "timed out"
     return str(error) or type(error).__name__

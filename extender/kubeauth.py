@@ -101,6 +101,9 @@ def load_connection(
     if not explicit and env.get(SERVICE_HOST_ENV_NAME) and Path(token_file).is_file():
         return _in_cluster(env, token_file, ca_file)
     path = kubeconfig or env.get("KUBECONFIG") or os.path.expanduser(DEFAULT_KUBECONFIG)
+    if not any(os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
+        hint = "" if explicit or env.get(SERVICE_HOST_ENV_NAME) else " (and not in a pod)"
+        raise KubeAuthError(f"kubeconfig {path}: no such file{hint}")
     return _from_kubeconfig(path, context)
 
 

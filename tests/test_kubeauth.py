@@ -170,7 +170,7 @@ def test_explicit_kubeconfig_wins_over_in_cluster(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "context", "message"),
     [
-        (None, None, "No configuration found"),
+        (None, None, "no such file"),
         ("a: [unclosed", None, "kubeconfig"),
         ("apiVersion: v1\nkind: Config\n", None, "kubeconfig"),
         ("USE-FAKE", "missing", "missing"),
