@@ -240,7 +240,7 @@ async def test_bind_creates_the_binding_and_the_watch_clears_the_reservation(
         ("already-bound", 'already assigned to node "n1"'),
         ("missing", 'pods "ghost" not found'),
         ("uid-mismatch", "Precondition failed"),
-        ("server-down", "Cannot connect"),
+        ("server-down", "cannot connect to 127.0.0.1:"),
     ],
 )
 async def test_failed_bind_reports_the_api_error_and_drops_the_reservation(
