@@ -287,19 +287,22 @@ class WatchStream:
                 buffer += chunk
                 start = 0
                 while (end := buffer.find(b"\n", start)) >= 0:
+                    if end - start > self._max_line_bytes:
+                        raise self._too_long()
                     line = bytes(buffer[start:end])
                     start = end + 1
                     if line.strip():
                         yield _decode_event(line)
                 del buffer[:start]
                 if len(buffer) > self._max_line_bytes:
-                    raise WatchStreamError(
-                        f"watch {self._path}: a line exceeds {self._max_line_bytes} bytes"
-                    )
+                    raise self._too_long()
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise ApiUnreachableError(f"watch {self._path}: {_describe(error)}") from error
         if buffer.strip():
             raise WatchStreamError(f"watch {self._path}: the stream ended in the middle of a line")
+
+    def _too_long(self) -> WatchStreamError:
+        return WatchStreamError(f"watch {self._path}: a line exceeds {self._max_line_bytes} bytes")
 
 
 def _ssl_context(connection: Connection) -> ssl.SSLContext:

@@ -247,3 +247,31 @@ def test_backoff_doubles_to_the_cap_with_bounded_jitter() -> None:
     assert all(b <= d <= b * 1.25 for b, d in zip(bases, delays, strict=True))
     backoff.reset()
     assert 0.8 <= backoff.next() <= 1.0
+
+
+class PickySink(RecordingSink):
+    """A sink whose decoder chokes on one object, as a bug in it would."""
+
+    def upsert(self, raw: dict[str, Any]) -> None:
+        if raw["metadata"]["name"] == "poison":
+            raise ValueError("cannot decode")
+        super().upsert(raw)
+
+
+async def test_a_sink_error_skips_one_object_not_the_stream(stack: Stack) -> None:
+    """An object the sink rejects is counted and logged; later events still arrive."""
+    sink = PickySink()
+    api = KubeApi(load_connection(str(stack.kubeconfig)))
+    async with api:
+        informer = Informer(api, PODS, sink)
+        task = asyncio.create_task(informer.run())
+        try:
+            await eventually(lambda: informer.status().synced)
+            stack.fake.put("pods", pod("poison"))
+            stack.fake.put("pods", pod("after-poison"))
+            await eventually(lambda: "default/after-poison" in sink.objects)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert informer.status().sink_errors == 1
+    assert "default/poison" not in sink.objects
