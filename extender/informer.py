@@ -125,8 +125,6 @@ class Informer:
         self._broken_since: float | None = None
         self._last_error: str | None = None
         self._sink_errors = 0
-        self.synced_event = asyncio.Event()
-        """Set after the first full list reached the sink."""
 
     def status(self) -> InformerStatus:
         return InformerStatus(
@@ -200,7 +198,6 @@ class Informer:
         self._rv = rv
         self._broken_since = None
         self._last_event_at = self._clock()
-        self.synced_event.set()
         log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, len(items), rv)
 
     async def _watch(self) -> bool:

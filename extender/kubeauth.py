@@ -47,10 +47,10 @@ class Credentials:
     a rotated token file or a revoked exec token is picked up before its nominal expiry.
     """
 
-    def __init__(self, load: Callable[[], Configuration]) -> None:
+    def __init__(self, load: Callable[[], Configuration], initial: Configuration) -> None:
         self._load = load
         self._lock = threading.Lock()
-        self._config = load()
+        self._config = initial
 
     def authorization(self) -> str | None:
         """`Bearer <token>` (or `Basic ...`), or None when the user authenticates by certificate."""
@@ -143,8 +143,8 @@ def _from_kubeconfig(path: str, context: str | None) -> Connection:
 
 
 def _connection(load: Callable[[], Configuration], source: str) -> Connection:
-    credentials = Credentials(load)
-    config = credentials._config
+    config = load()
+    credentials = Credentials(load, config)
     return Connection(
         server=str(config.host).rstrip("/"),
         ca_file=config.ssl_ca_cert,
