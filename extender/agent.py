@@ -277,7 +277,8 @@ def load_api_connection(kubeconfig: str | None) -> ApiConnection:
             context.load_cert_chain(configuration.cert_file, configuration.key_file)
 
     def authorization() -> str | None:
-        value = configuration.get_api_key_with_prefix("authorization")
+        # Recent clients file the token under "BearerToken", older ones under "authorization".
+        value = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
         return str(value) if value else None
 
     return ApiConnection(str(configuration.host), context, authorization)
