@@ -420,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.node_name:
             raise AgentError("no node name: pass --node-name or set NODE_NAME")
         return asyncio.run(_serve(args))
-    except AgentError as error:
+    except ExtenderError as error:  # AgentError, ConntrackError: reasons meant for the user
         print(f"hostport-extender agent: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -432,7 +432,9 @@ async def _once(args: argparse.Namespace) -> int:
     if args.flush_stale_udp_conntrack:
         from extender.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
 
-        for flow in await ConntrackFlusher().observe(listeners):
+        flusher = ConntrackFlusher()
+        await flusher.check()
+        for flow in await flusher.observe(listeners):
             print(f"flushed stale UDP conntrack entry {flow}", file=sys.stderr)
     if args.output == "json":
         sys.stdout.buffer.write(listeners_json(listeners) + b"\n")
@@ -455,7 +457,9 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.flush_stale_udp_conntrack:
         from extender.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
 
-        hooks.append(ConntrackFlusher())
+        flusher = ConntrackFlusher()
+        await flusher.check()
+        hooks.append(flusher)
     async with aiohttp.ClientSession() as session:
         patch = NodeApi(session, connection).patch_node_annotations
         publisher = Publisher(settings.node, patch, refresh=settings.refresh)

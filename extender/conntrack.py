@@ -25,7 +25,9 @@ decision (`stale_flows`) is pure.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -122,6 +124,19 @@ class ConntrackFlusher:
             registry=self.registry,
         )
 
+    async def check(self) -> None:
+        """Fail now, not at the first owner change, when conntrack is out of reach."""
+        ct = self._open(AsyncConntrack)
+        try:
+            await ct.count()
+        except (OSError, NetlinkError) as error:
+            reason = f"cannot read conntrack: {_reason(error)}"
+            if getattr(error, "code", getattr(error, "errno", None)) == errno.EPERM:
+                reason += " (--flush-stale-udp-conntrack needs CAP_NET_ADMIN)"
+            raise ConntrackError(reason) from error
+        finally:
+            ct.close()
+
     async def observe(self, listeners: frozenset[Listener]) -> list[UdpFlow]:
         """Note new UDP listeners; flush stale entries for those still in their window."""
         now = self._clock()
@@ -155,7 +170,9 @@ class ConntrackFlusher:
                     if flow is not None and flow.orig_dport in wanted:
                         flows.append(flow)
             except (OSError, NetlinkError) as error:
-                raise ConntrackError(f"cannot list UDP conntrack entries: {error}") from error
+                raise ConntrackError(
+                    f"cannot list UDP conntrack entries: {_reason(error)}"
+                ) from error
             finally:
                 ct.close()
         return flows
@@ -170,7 +187,7 @@ class ConntrackFlusher:
                 if text:
                     addresses.add(normalize_ip(str(text)))
         except (OSError, NetlinkError) as error:
-            raise ConntrackError(f"cannot list this node's addresses: {error}") from error
+            raise ConntrackError(f"cannot list this node's addresses: {_reason(error)}") from error
         finally:
             ipr.close()
         return frozenset(addresses)
@@ -190,9 +207,13 @@ class ConntrackFlusher:
             await ct.entry("del", tuple_orig=tuple_orig)
         except NetlinkError as error:
             if error.code != 2:  # ENOENT: the entry expired between the dump and now
-                raise ConntrackError(f"cannot delete conntrack entry {flow}: {error}") from error
+                raise ConntrackError(
+                    f"cannot delete conntrack entry {flow}: {_reason(error)}"
+                ) from error
         except OSError as error:
-            raise ConntrackError(f"cannot delete conntrack entry {flow}: {error}") from error
+            raise ConntrackError(
+                f"cannot delete conntrack entry {flow}: {_reason(error)}"
+            ) from error
         finally:
             ct.close()
 
@@ -203,7 +224,14 @@ class ConntrackFlusher:
         try:
             return kind(**kwargs)
         except (OSError, NetlinkError) as error:
-            raise ConntrackError(f"cannot open a netlink socket: {error}") from error
+            raise ConntrackError(f"cannot open a netlink socket: {_reason(error)}") from error
+
+
+def _reason(error: OSError | NetlinkError) -> str:
+    """`Operation not permitted`, not pyroute2's `(1, 'Operation not permitted')`."""
+    if isinstance(error, NetlinkError):
+        return os.strerror(error.code)
+    return error.strerror or str(error)
 
 
 def _flow(family: int, entry: Any) -> UdpFlow | None:
