@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 OBSERVED = "hostports.dev/observed"
 OBSERVED_AT = "hostports.dev/observed-at"
-DEFAULT_MAX_ANNOTATION_BYTES = 32 * 1024
-"""An eighth of the 256 KiB that ALL annotations of a node share (API validation limit)."""
+DEFAULT_MAX_ANNOTATION_BYTES = 64 * 1024
+"""A quarter of the 256 KiB that ALL annotations of a node share (API validation limit)."""
 
 NodePatcher = Callable[[str, dict[str, str]], Awaitable[None]]
 """Merge `annotations` into node `name`'s metadata; raises PublishError when the API refuses."""
