@@ -116,6 +116,8 @@ class ConntrackFlusher:
         self._window = window
         self._clock = clock
         self._first_seen: dict[Listener, float] = {}
+        self.total = 0
+        """Entries flushed since start; logged with each flush (the agent serves no /metrics)."""
         self.registry = registry or CollectorRegistry()
         self.flushed = Counter(
             "hostport_agent_conntrack_flushed",
@@ -154,7 +156,12 @@ class ConntrackFlusher:
         for flow in stale:
             await self._delete(flow)
             self.flushed.labels(port=str(flow.orig_dport)).inc()
-            log.warning("flushed stale UDP conntrack entry %s: port now held on the host", flow)
+            self.total += 1
+            log.warning(
+                "flushed stale UDP conntrack entry %s: port now held on the host (%d so far)",
+                flow,
+                self.total,
+            )
         return stale
 
     async def _udp_flows(self, ports: list[int]) -> list[UdpFlow]:
