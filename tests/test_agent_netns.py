@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from namespaces import PYTHON, ip, network_namespace, run_in, start_in
+
+from tests.namespaces import PYTHON, ip, network_namespace, run_in, start_in
 
 # Runs inside the namespace: opens the sockets described by the JSON on stdin's first line,
 # prints the ephemeral ports the kernel chose, then holds everything until stdin closes.

@@ -6,12 +6,12 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from namespaces import PYTHON, ip, network_namespace, run_in, start_in
 from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from extender.conntrack import ConntrackFlusher, UdpFlow, stale_flows
 from extender.procnet import Listener
+from tests.namespaces import PYTHON, ip, network_namespace, run_in, start_in
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 LOCAL = frozenset({"127.0.0.1", "::1", "192.168.50.1", "fd00:50::1"})
