@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 
 from extender.errors import ExtenderError
+from extender.pods import OBSERVED_ANNOTATION, OBSERVED_AT_ANNOTATION
 from extender.portspec import PortSpec, format_port_specs, merge_port_specs
 from extender.procnet import (
     Listener,
@@ -40,8 +41,8 @@ from extender.procnet import (
 
 log = logging.getLogger(__name__)
 
-OBSERVED = "hostports.dev/observed"
-OBSERVED_AT = "hostports.dev/observed-at"
+OBSERVED = OBSERVED_ANNOTATION
+OBSERVED_AT = OBSERVED_AT_ANNOTATION
 DEFAULT_MAX_ANNOTATION_BYTES = 64 * 1024
 """A quarter of the 256 KiB that ALL annotations of a node share (API validation limit)."""
 

@@ -30,6 +30,11 @@ from extender.agent import (
     load_api_connection,
     run_loop,
 )
+from extender.cluster import Cluster
+from extender.decisions import filter_pod
+from extender.pods import decode_pod
+from extender.settings import Settings
+from tests.objects import node, pod, port
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
@@ -282,3 +287,28 @@ def test_agent_command_without_node_name_says_so(tmp_path: Path) -> None:
         result.stderr.strip()
         == "hostport-extender agent: no node name: pass --node-name or set NODE_NAME"
     )
+
+
+async def test_extender_rejects_a_pod_on_what_the_agent_published(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The annotations one agent cycle writes make the extender reject hostPort 80 on that node."""
+    fake = FakeNodes()
+    server = await _serve(fake, aiohttp_server)
+    settings = LoopSettings(node="node-a", proc=_fake_proc(tmp_path, [TCP_LISTEN_80]))
+
+    async def no_wait(seconds: float) -> None:
+        del seconds
+
+    async with aiohttp.ClientSession() as session:
+        patch = NodeApi(session, _connection(server)).patch_node_annotations
+        await run_loop(settings, Publisher("node-a", patch, refresh=150), sleep=no_wait, cycles=1)
+    cluster = Cluster(Settings())
+    cluster.nodes.upsert(node("node-a", fake.nodes["node-a"]))
+    cluster.nodes.upsert(node("node-b"))
+    web_pod = decode_pod(pod("web", ports=[port(8080, 80)]), strict=True)
+    reasons = filter_pod(cluster, web_pod, {"node-a", "node-b"}).final()
+    assert list(reasons) == ["node-a"]
+    assert "observed listening on the host" in reasons["node-a"]
+    other = decode_pod(pod("web", ports=[port(8080, 81)]), strict=True)
+    assert filter_pod(cluster, other, {"node-a"}).final() == {}
