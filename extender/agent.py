@@ -435,8 +435,7 @@ async def _once(args: argparse.Namespace) -> int:
 
         flusher = ConntrackFlusher()
         await flusher.check()
-        for flow in await flusher.observe(listeners):
-            print(f"flushed stale UDP conntrack entry {flow}", file=sys.stderr)
+        await flusher.observe(listeners)  # logs each flush on stderr
     if args.output == "json":
         sys.stdout.buffer.write(listeners_json(listeners) + b"\n")
     else:

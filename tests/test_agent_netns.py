@@ -93,8 +93,9 @@ def _prepare(name: str) -> None:
     ip("-n", name, "addr", "add", "fd00:77::1/64", "dev", "node0", "nodad")
     ip("-n", name, "link", "set", "node0", "up")
     ip("-n", name, "link", "set", "node1", "up")
-    sysctl = run_in(name, ["sysctl", "-q", "-w", f"net.ipv4.ip_local_reserved_ports={RESERVED}"])
-    assert sysctl.returncode == 0, sysctl.stderr
+    sysctl = f"echo {RESERVED} > /proc/sys/net/ipv4/ip_local_reserved_ports"
+    result = run_in(name, ["sh", "-c", sysctl])
+    assert result.returncode == 0, result.stderr
 
 
 class Sockets:
