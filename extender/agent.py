@@ -191,7 +191,14 @@ class Publisher:
             return False
         await self._patch(self._node, {OBSERVED: observed.text, OBSERVED_AT: observed_at})
         if observed.text != self._last_text:
-            log.info("published %s on node %s: %r", OBSERVED, self._node, observed.text)
+            shown = observed.text if len(observed.text) <= 300 else observed.text[:300] + "..."
+            log.info(
+                "published %s on node %s (%d bytes): %s",
+                OBSERVED,
+                self._node,
+                len(observed.text),
+                shown,
+            )
         self._last_text = observed.text
         self._last_time = now
         return True

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import re
+import ssl
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -36,7 +38,12 @@ from extender.pods import decode_pod
 from extender.settings import Settings
 from tests.objects import node, pod, port
 
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+class ServerFactory(Protocol):
+    """pytest-aiohttp's `aiohttp_server`: starts `app` on 127.0.0.1:0 (`ssl=` for HTTPS)."""
+
+    def __call__(self, app: web.Application, **kwargs: Any) -> Awaitable[TestServer]: ...
+
 
 TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"
 TCP_LISTEN_80 = "   0: 17AAFEA9:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1"
@@ -210,13 +217,16 @@ async def test_unreachable_api_is_a_publish_error(aiohttp_server: ServerFactory)
             await NodeApi(session, connection).patch_node_annotations("node-a", {OBSERVED: ""})
 
 
-def _kubeconfig(path: Path, server: str, token: str) -> Path:
+def _kubeconfig(path: Path, server: str, token: str, ca: Path | None = None) -> Path:
+    cluster: dict[str, str] = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
     path.write_text(
         orjson.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "clusters": [{"name": "fake", "cluster": cluster}],
                 "users": [{"name": "agent", "user": {"token": token}}],
                 "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "agent"}}],
                 "current-context": "fake",
@@ -312,3 +322,58 @@ async def test_extender_rejects_a_pod_on_what_the_agent_published(
     assert "observed listening on the host" in reasons["node-a"]
     other = decode_pod(pod("web", ports=[port(8080, 81)]), strict=True)
     assert filter_pod(cluster, other, {"node-a"}).final() == {}
+
+
+def _openssl(*args: str) -> None:
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
+
+
+def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA certificate and its key (EC P-256, valid one day)."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def api_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path, Path]:
+    """A server context for 127.0.0.1 signed by a test CA, that CA, and an unrelated CA."""
+    ca_cert, ca_key = _make_ca(tmp_path, "cluster-ca")
+    other_ca, _ = _make_ca(tmp_path, "other-ca")
+    key, csr, cert = tmp_path / "api.key", tmp_path / "api.csr", tmp_path / "api.crt"
+    extensions = tmp_path / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", "/CN=kube-apiserver",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(extensions),
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, ca_cert, other_ca
+
+
+async def test_https_api_verified_with_the_kubeconfig_ca(
+    aiohttp_server: ServerFactory, tmp_path: Path, api_tls: tuple[ssl.SSLContext, Path, Path]
+) -> None:
+    """Over HTTPS the kubeconfig's CA verifies the API server; a different CA is refused."""
+    context, ca_cert, other_ca = api_tls
+    fake = FakeNodes()
+    server = await aiohttp_server(fake.app(), ssl=context)
+    url = str(server.make_url("")).rstrip("/")
+    assert url.startswith("https://127.0.0.1:")
+    trusted = load_api_connection(str(_kubeconfig(tmp_path / "ok", url, "tls-token", ca_cert)))
+    untrusted = load_api_connection(str(_kubeconfig(tmp_path / "bad", url, "tls-token", other_ca)))
+    async with aiohttp.ClientSession() as session:
+        await NodeApi(session, trusted).patch_node_annotations("node-a", {OBSERVED: "443/TCP"})
+        with pytest.raises(PublishError, match="certificate verify failed"):
+            await NodeApi(session, untrusted).patch_node_annotations("node-a", {OBSERVED: ""})
+    assert fake.nodes["node-a"] == {OBSERVED: "443/TCP"}
+    assert [r["authorization"] for r in fake.requests] == ["Bearer tls-token"]
