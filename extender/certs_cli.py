@@ -26,7 +26,7 @@ DEFAULT_WEBHOOK = "hostport-extender"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the `certs` subcommand; `args.func(args)` runs it and returns the exit status."""
+    """Register the `certs` subcommand; `args.run(args)` runs it and returns the exit status."""
     parser = subparsers.add_parser(
         "certs",
         help="generate a CA and webhook serving certificate (clusters without cert-manager)",
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--days", type=int, default=certs.DEFAULT_DAYS, help="validity in days")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
-    parser.set_defaults(func=run)
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

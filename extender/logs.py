@@ -69,7 +69,9 @@ def configure(log_format: str, level: str, stream: TextIO | None = None) -> None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--log-format` and `--log-level` to a subcommand's parser."""
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="default: text")
-    parser.add_argument("--log-level", choices=LEVELS, default="info", help="default: info")
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LEVELS, default="info", help="default: info"
+    )
 
 
 def configure_from_args(args: argparse.Namespace, stream: TextIO | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Upstream kube-scheduler has no per-extender metrics, so what the operator sees of us is what we
 export here: verb latency with sub-millisecond buckets (a filter answer is paid serially per pod),
-rejections by claim kind, index size, informer health and bindings in flight. Values that exist
+rejections by claim kind, index size, informer health and reservations in flight. Values that exist
 elsewhere (index size, readiness, informer ages) are read at scrape time through callables, so
 the hot path never updates a gauge it does not have to.
 """
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -42,6 +42,8 @@ LATENCY_BUCKETS = (
 """100 µs to 5 s: a healthy filter answers in well under 1 ms; 5 s is the scheduler's timeout."""
 
 UNMATCHED = "unmatched"
+OTHER = "other"
+"""The verb label of requests a catch-all route answered (unknown verbs)."""
 
 IndexSize = Callable[[], tuple[int, int]]
 """Returns (nodes, claims) of the port index."""
@@ -58,6 +60,7 @@ class _ScrapeTimeState(Collector):
         self.index_size: IndexSize | None = None
         self.readiness: Readiness | None = None
         self.conflicts: NodeConflicts | None = None
+        self.in_flight: Callable[[], int] | None = None
         self.last_event: dict[str, float] = {}
 
     def collect(self) -> Iterator[Metric]:
@@ -76,6 +79,12 @@ class _ScrapeTimeState(Collector):
                 "hostport_extender_ready",
                 "1 when the extender answers the scheduler from a complete index, else 0.",
                 value=0 if self.readiness.check() else 1,
+            )
+        if self.in_flight is not None:
+            yield GaugeMetricFamily(
+                "hostport_extender_reservations_in_flight",
+                "Pods holding ports between the scheduler's decision and the binding's arrival.",
+                value=self.in_flight(),
             )
         if self.conflicts is not None:
             family = GaugeMetricFamily(
@@ -107,7 +116,6 @@ class Metrics:
     rejections: Counter
     relists: Counter
     watch_restarts: Counter
-    reservations_in_flight: Gauge
     admission_reviews: Counter
     _state: _ScrapeTimeState = field(repr=False)
 
@@ -122,6 +130,10 @@ class Metrics:
     def observe_readiness(self, readiness: Readiness) -> None:
         """Export `hostport_extender_ready` from `readiness.check()` at each scrape."""
         self._state.readiness = readiness
+
+    def observe_in_flight(self, in_flight: Callable[[], int]) -> None:
+        """Export `hostport_extender_reservations_in_flight` from `in_flight()` at each scrape."""
+        self._state.in_flight = in_flight
 
     def observe_conflicts(self, conflicts: NodeConflicts) -> None:
         """Export live per-node conflicts from `conflicts()` at each scrape."""
@@ -160,11 +172,6 @@ def new_metrics(clock: Callable[[], float] = time.monotonic) -> Metrics:
             ["resource"],
             registry=registry,
         ),
-        reservations_in_flight=Gauge(
-            "hostport_extender_reservations_in_flight",
-            "Ports held for pods between the scheduler's decision and the binding.",
-            registry=registry,
-        ),
         admission_reviews=Counter(
             "hostport_extender_admission_reviews",
             "AdmissionReviews the routing webhook answered, by decision.",
@@ -185,7 +192,10 @@ def _verb(request: web.Request) -> str:
     resource = request.match_info.route.resource
     if resource is None:
         return UNMATCHED
-    return resource.canonical.strip("/") or "root"
+    canonical = resource.canonical
+    if "{" in canonical:
+        return OTHER
+    return canonical.strip("/") or "root"
 
 
 @web.middleware
@@ -220,5 +230,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 def install(app: web.Application, metrics: Metrics) -> None:
     """Hang `metrics` on `app`, time its requests and serve GET /metrics (call before startup)."""
     app[METRICS_KEY] = metrics
-    app.middlewares.append(metrics_middleware)
+    # Outermost, so the status timed is the one sent, after other middlewares turned errors
+    # into answers.
+    app.middlewares.insert(0, metrics_middleware)
     app.router.add_get("/metrics", metrics_handler)

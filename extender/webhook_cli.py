@@ -32,7 +32,7 @@ DEFAULT_LISTEN = "0.0.0.0:8443"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the `webhook` subcommand; `args.func(args)` runs it and returns the exit status."""
+    """Register the `webhook` subcommand; `args.run(args)` runs it and returns the exit status."""
     parser = subparsers.add_parser(
         "webhook",
         help="serve the webhook that routes host-port pods to the hostport-aware scheduler",
@@ -62,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     tls.add_arguments(parser, required=True)
     logs.add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(run=run)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

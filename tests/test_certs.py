@@ -21,7 +21,7 @@ def run_certs(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="hostport-extender")
     certs_cli.add_parser(parser.add_subparsers(required=True))
     args = parser.parse_args(["certs", *argv])
-    status: int = args.func(args)
+    status: int = args.run(args)
     return status
 
 

@@ -118,7 +118,7 @@ async def test_scrape_time_gauges_read_the_application(served: tuple[str, Metric
     clocked.rejections.labels(reason="hostNetwork").inc(4)
     clocked.relists.labels(resource="pods").inc()
     clocked.watch_restarts.labels(resource="nodes").inc(2)
-    clocked.reservations_in_flight.set(1)
+    clocked.observe_in_flight(lambda: 1)
 
     values = samples(generate_latest(clocked.registry).decode())
     assert values[("hostport_extender_index_nodes", frozenset())] == 3
@@ -150,9 +150,20 @@ async def test_scrape_time_gauges_read_the_application(served: tuple[str, Metric
 def test_metrics_stay_off_the_global_registry() -> None:
     """Two instances coexist (no duplicate-timeseries error) and the default registry is clean."""
     first, second = new_metrics(), new_metrics()
-    first.reservations_in_flight.inc()
+    first.rejections.labels(reason="hostPort").inc()
     assert second.registry is not first.registry
-    assert REGISTRY.get_sample_value("hostport_extender_reservations_in_flight") is None
+    assert (
+        REGISTRY.get_sample_value(
+            "hostport_extender_filter_rejections_total", {"reason": "hostPort"}
+        )
+        is None
+    )
+    assert (
+        second.registry.get_sample_value(
+            "hostport_extender_filter_rejections_total", {"reason": "hostPort"}
+        )
+        is None
+    )
 
 
 @pytest.fixture(autouse=True)

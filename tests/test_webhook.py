@@ -273,20 +273,10 @@ async def test_decisions_are_counted_in_metrics(pki: PKI, webhook_url: str) -> N
     assert 'hostport_extender_request_duration_seconds_count{code="200",verb="mutate"} 3.0' in text
 
 
-ROOT_PARSER = """
-import argparse, sys
-from extender import webhook_cli
-parser = argparse.ArgumentParser(prog="hostport-extender")
-webhook_cli.add_parser(parser.add_subparsers(required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
-
-
 def run_webhook(*argv: str) -> subprocess.Popen[str]:
     """Start the `webhook` subcommand in a child process, as the container entrypoint would."""
     return subprocess.Popen(
-        [sys.executable, "-c", ROOT_PARSER, "webhook", *argv],
+        [sys.executable, "-m", "extender", "webhook", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
