@@ -9,11 +9,15 @@ both `serve` and `webhook` build their contexts the same way.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from extender.errors import ExtenderError
+
+log = logging.getLogger(__name__)
 
 
 class TLSConfigError(ExtenderError):
@@ -51,6 +55,58 @@ def server_context(files: TLSFiles) -> ssl.SSLContext:
             ) from error
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class CertificateReloader:
+    """Loads a renewed certificate and key into a live server context.
+
+    cert-manager renews the webhook's Secret and the kubelet swaps the mounted files; new TLS
+    handshakes must then present the new certificate without a restart. A renewal that cannot
+    be loaded (a half-written pair, a key that does not match) keeps the old one serving.
+    """
+
+    def __init__(self, context: ssl.SSLContext, files: TLSFiles) -> None:
+        self._context = context
+        self._files = files
+        self._stamp = self._current_stamp()
+
+    def _current_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        # Secret volumes replace files through a symlink swap: stat() follows it, so a new
+        # inode or mtime shows up here.
+        stamps = []
+        for path in (self._files.cert, self._files.key):
+            try:
+                status = path.stat()
+            except OSError:
+                stamps.append((0, 0, 0))
+            else:
+                stamps.append((status.st_ino, status.st_mtime_ns, status.st_size))
+        return tuple(stamps)
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if they changed since the last load; True when it did."""
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            self._context.load_cert_chain(str(self._files.cert), str(self._files.key))
+        except (OSError, ssl.SSLError) as error:
+            log.warning(
+                "keeping the current certificate: cannot load %s with %s: %s",
+                self._files.cert,
+                self._files.key,
+                error,
+            )
+            return False
+        self._stamp = stamp
+        log.info("loaded renewed certificate %s", self._files.cert)
+        return True
+
+    async def watch(self, interval: float) -> None:
+        """Check for renewed files every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()
 
 
 def _require_file(path: Path) -> None:

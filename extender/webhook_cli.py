@@ -29,6 +29,8 @@ from extender.webhook import (
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
+RELOAD_SECONDS = 30.0
+"""How often to look for a renewed certificate; kubelet itself takes up to a minute to swap it."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"hostport-extender webhook: error: {error}", file=sys.stderr)
         return 2
     app = create_webhook_app(policy, new_metrics())
+    reloader = tls.CertificateReloader(context, files)
     try:
-        asyncio.run(_serve(app, host, port, context))
+        asyncio.run(_serve(app, host, port, context, reloader))
     except OSError as error:
         print(
             f"hostport-extender webhook: error: cannot listen on {args.listen}: {error}",
@@ -113,9 +116,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(app: web.Application, host: str, port: int, context: ssl.SSLContext) -> None:
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    reloader: tls.CertificateReloader,
+) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    reload_task = asyncio.create_task(reloader.watch(RELOAD_SECONDS), name="tls-reload")
     try:
         site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
@@ -128,6 +138,9 @@ async def _serve(app: web.Application, host: str, port: int, context: ssl.SSLCon
         await stop.wait()
         log.info("webhook stopping")
     finally:
+        reload_task.cancel()
+        # wait() does not re-raise the task's cancellation, yet still lets ours through.
+        await asyncio.wait([reload_task])
         await runner.cleanup()
 
 

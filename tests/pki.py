@@ -65,3 +65,23 @@ def make_pki(directory: Path) -> PKI:
         stranger_cert=directory / "stranger.crt",
         stranger_key=directory / "stranger.key",
     )
+
+
+def make_pki_server_cert(pki: PKI, directory: Path) -> tuple[Path, Path]:
+    """A second serving cert for the same names, from a fresh CA trusted alongside the first.
+
+    Written to `directory`; the new CA is appended to `pki.ca` so clients trust both.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = certs.new_authority("renewal CA")
+    server = certs.issue(
+        authority,
+        SERVICE_NAME,
+        dns_names=certs.service_dns_names("hostport-extender-webhook", "hostport-system"),
+        ip_addresses=["127.0.0.1"],
+    )
+    (directory / "tls.crt").write_bytes(server.cert_pem)
+    (directory / "tls.key").write_bytes(server.key_pem)
+    with pki.ca.open("ab") as bundle:
+        bundle.write(authority.cert_pem)
+    return directory / "tls.crt", directory / "tls.key"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,9 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 
 from extender import tls
-from tests.pki import PKI, make_pki
+from tests.pki import PKI, SERVICE_NAME, make_pki, make_pki_server_cert
 
 BIND_CALLS = web.AppKey("bind_calls", list[str])
 
@@ -169,3 +172,64 @@ def test_flags_give_files_or_a_clear_error(
             tls.files_from_args(args)
     else:
         assert tls.files_from_args(args) == expected
+
+
+async def _served_serial(port: int, pki: PKI) -> int:
+    """The serial number of the certificate a fresh handshake gets."""
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=pki.client_context(), server_hostname=SERVICE_NAME
+    )
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+async def test_renewed_certificate_is_served_without_restart(pki: PKI, tmp_path: Path) -> None:
+    """After the files are replaced (a cert-manager renewal), new handshakes get the new cert."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    files = tls.TLSFiles(cert, key)
+    context = tls.server_context(files)
+    reloader = tls.CertificateReloader(context, files)
+    runner, url, _ = await _serve(context)
+    port = int(url.split(":")[2].split("/")[0])
+    try:
+        assert reloader.reload_if_changed() is False
+        assert await _served_serial(port, pki) == _serial(pki.server_cert)
+
+        renewed = make_pki_server_cert(pki, tmp_path / "renewed")
+        # Like the kubelet: new files appear whole, by rename.
+        for source, target in ((renewed[0], cert), (renewed[1], key)):
+            staged = target.with_suffix(".new")
+            staged.write_bytes(source.read_bytes())
+            staged.replace(target)
+        assert reloader.reload_if_changed() is True
+        assert await _served_serial(port, pki) == _serial(renewed[0])
+    finally:
+        await runner.cleanup()
+
+
+def test_broken_renewal_keeps_the_current_certificate(
+    pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewed cert whose key does not match is not loaded; the old pair keeps serving."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    files = tls.TLSFiles(cert, key)
+    reloader = tls.CertificateReloader(tls.server_context(files), files)
+    staged = key.with_suffix(".new")
+    staged.write_bytes(pki.client_key.read_bytes())
+    staged.replace(key)
+    with caplog.at_level(logging.WARNING):
+        assert reloader.reload_if_changed() is False
+    assert "keeping the current certificate" in caplog.text
