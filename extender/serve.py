@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     objects = load_objects(args.snapshot)
     cluster.nodes.replace(objects.nodes)
     cluster.pods.replace(objects.pods)
+    freeze_heap()
     metrics = new_metrics()
     readiness = AlwaysReady()
     app = create_app(
@@ -130,6 +132,17 @@ def run(args: argparse.Namespace) -> int:
     ops = (ops_app, *ops_address) if ops_app is not None and ops_address is not None else None
     asyncio.run(serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops))
     return 0
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far out of the cyclic GC's reach.
+
+    A loaded cluster is ~10^5 long-lived objects; without this, full collections triggered
+    by request garbage scan them all and add milliseconds to a filter call's tail latency.
+    Call it after the initial load or informer sync.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def serve_app(
