@@ -625,3 +625,65 @@ async def test_node_reserved_sample_rejects_pods_on_those_ports(aiohttp_client: 
     (reason,) = {**blocked["FailedNodes"], **blocked["FailedAndUnresolvableNodes"]}.values()
     assert "2703/TCP" in reason
     assert (await filter_with_host_port(8080))["NodeNames"] == ["patched", "plain"]
+
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod_spec: RawObject) -> list[str]:
+    """What the `restricted` Pod Security Standard would refuse in this pod spec."""
+    found = []
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(field):
+            found.append(field)
+    pod_security = pod_spec.get("securityContext", {})
+    for c in pod_spec["containers"] + pod_spec.get("initContainers", []):
+        security = c.get("securityContext", {})
+        name = c["name"]
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation")
+        if security.get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append(f"{name}: capabilities not dropped")
+        if not security.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
+            found.append(f"{name}: runAsNonRoot")
+        seccomp = security.get("seccompProfile", pod_security.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile")
+    for volume in pod_spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {kinds}")
+    return found
+
+
+@pytest.mark.parametrize("overlay", ["default", "kubeadm", "cert-manager"])
+def test_workloads_pass_their_namespace_pod_security_level(
+    rendered: dict[str, list[RawObject]], overlay: str
+) -> None:
+    """Pods meet the namespace's enforced level: restricted, or privileged only for hostNetwork."""
+    objects = rendered[overlay]
+    level = find(objects, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")]
+    assert workloads
+    for workload in workloads:
+        pod_spec = workload["spec"]["template"]["spec"]
+        violations = restricted_violations(pod_spec)
+        if level == "restricted":
+            assert violations == [], workload["metadata"]["name"]
+        else:
+            # Privileged only because the kubeadm DaemonSet needs the host network.
+            assert level == "privileged"
+            assert overlay == "kubeadm"
+            assert pod_spec["hostNetwork"] is True
+            assert violations == ["hostNetwork", "extender: hostPort"]
