@@ -18,6 +18,7 @@ from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
 from extender.metrics import new_metrics
+from extender.ops import create_ops_app
 from extender.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.snapshot import load_objects
@@ -189,3 +190,57 @@ async def test_serve_with_client_certs_and_an_ops_port(pki: PKI) -> None:
     assert process.returncode == 0, stderr
     for line in stderr.splitlines():
         json.loads(line)
+
+
+async def test_unparsable_listen_annotation_counts_every_node(aiohttp_client: Any) -> None:
+    """A pod with a bad listen annotation is rejected everywhere, counted as bad-annotation."""
+    metrics = new_metrics()
+    cluster = sample_cluster()
+    app = create_app(
+        cluster,
+        Settings(),
+        binder=SnapshotBinder(cluster),
+        readiness=AlwaysReady(),
+        metrics=metrics,
+    )
+    client = await aiohttp_client(app)
+    pod = {
+        "metadata": {
+            "name": "agent",
+            "namespace": "t",
+            "uid": "u-agent",
+            "annotations": {"hostports.dev/listen": "80/TCP@not-an-ip"},
+        },
+        "spec": {"hostNetwork": True, "containers": [{"name": "c"}]},
+    }
+    nodes = ["ip-10-0-1-13.ec2.internal", "ip-10-0-1-14.ec2.internal"]
+    response = await client.post("/filter", json={"Pod": pod, "NodeNames": nodes})
+    assert (await response.json())["NodeNames"] == []
+    rejections = "hostport_extender_filter_rejections_total"
+    assert metrics.registry.get_sample_value(rejections, {"reason": "bad-annotation"}) == 2
+
+
+class _SwitchableReadiness:
+    def __init__(self) -> None:
+        self.reason: str | None = "pods informer not synced"
+
+    def check(self) -> str | None:
+        return self.reason
+
+
+async def test_ops_listener_reports_readiness_and_serves_no_verbs(aiohttp_client: Any) -> None:
+    """The ops app answers /readyz 503 with the reason, then 200; it has no scheduler verbs."""
+    readiness = _SwitchableReadiness()
+    client = await aiohttp_client(create_ops_app(new_metrics(), readiness))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert await response.text() == "not ready: pods informer not synced\n"
+    readiness.reason = None
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.get("/healthz")).status == 200
+    for verb in ("filter", "prioritize", "bind", "preempt"):
+        assert (await client.post(f"/{verb}", data=b"{}")).status == 404
+    metrics_text = await (await client.get("/metrics")).text()
+    assert 'hostport_extender_request_duration_seconds_count{code="503",verb="readyz"} 1.0' in (
+        metrics_text
+    )
