@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import celpy
+import kubernetes.client
 import pytest
 import yaml
 from celpy.adapter import json_to_cel
@@ -687,3 +688,103 @@ def test_workloads_pass_their_namespace_pod_security_level(
             assert overlay == "kubeadm"
             assert pod_spec["hostNetwork"] is True
             assert violations == ["hostNetwork", "extender: hostPort"]
+
+
+def schema_errors(value: Any, type_name: str, path: str) -> Iterator[str]:
+    """Fields the Kubernetes OpenAPI schema does not have, and values of the wrong JSON type.
+
+    Walks the official client's generated models (their `attribute_map` and `openapi_types`
+    mirror the API's OpenAPI schema), so a misspelt field fails here instead of being dropped
+    or refused by the API server.
+    """
+    if type_name.startswith("List["):
+        if not isinstance(value, list):
+            yield f"{path}: want a list"
+            return
+        for index, item in enumerate(value):
+            yield from schema_errors(item, type_name[5:-1], f"{path}[{index}]")
+        return
+    if type_name.startswith("Dict["):
+        if not isinstance(value, dict):
+            yield f"{path}: want a mapping"
+            return
+        inner = type_name[5:-1].partition(", ")[2]
+        for key, item in value.items():
+            yield from schema_errors(item, inner, f"{path}.{key}")
+        return
+    primitives: dict[str, type | tuple[type, ...]] = {
+        "str": str,
+        "int": int,
+        "bool": bool,
+        "float": (int, float),
+        "object": object,
+        "datetime": str,
+        "bytearray": str,
+    }
+    if type_name in primitives:
+        if not isinstance(value, primitives[type_name]):
+            yield f"{path}: {value!r} is not {type_name}"
+        return
+    model = getattr(kubernetes.client, type_name)
+    if not isinstance(value, dict):
+        yield f"{path}: want an object ({type_name})"
+        return
+    by_json_name = {json_name: name for name, json_name in model.attribute_map.items()}
+    for key, item in value.items():
+        if key not in by_json_name:
+            yield f"{path}.{key}: no such field in {type_name}"
+        else:
+            yield from schema_errors(item, model.openapi_types[by_json_name[key]], f"{path}.{key}")
+
+
+CORE_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "DaemonSet",
+    "PodDisruptionBudget",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "MutatingWebhookConfiguration",
+}
+
+
+@pytest.mark.parametrize("overlay", ["default", "kubeadm", "cert-manager"])
+def test_objects_match_the_kubernetes_schema(
+    rendered: dict[str, list[RawObject]], overlay: str
+) -> None:
+    """Every built-in object uses only fields of its Kubernetes type, with the right JSON types."""
+    checked = 0
+    for o in rendered[overlay]:
+        if o["kind"] not in CORE_KINDS:
+            continue
+        errors = list(schema_errors(o, f"V1{o['kind']}", f"{o['kind']}/{o['metadata']['name']}"))
+        assert errors == []
+        checked += 1
+    assert checked >= 6
+
+
+def test_schema_check_catches_a_misspelt_field() -> None:
+    """The schema walk is not vacuous: a typo deep in a pod template is reported."""
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "selector": {},
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "c", "securityContext": {"readOnlyRootFileSystem": True}}
+                    ]
+                }
+            },
+        },
+    }
+    assert list(schema_errors(deployment, "V1Deployment", "d")) == [
+        "d.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem: "
+        "no such field in V1SecurityContext"
+    ]
