@@ -32,6 +32,7 @@ from extender.agent import (
     load_api_connection,
     run_loop,
 )
+from extender.certs import issue, new_authority
 from extender.cluster import Cluster
 from extender.decisions import filter_pod
 from extender.pods import decode_pod
@@ -324,40 +325,23 @@ async def test_extender_rejects_a_pod_on_what_the_agent_published(
     assert filter_pod(cluster, other, {"node-a"}).final() == {}
 
 
-def _openssl(*args: str) -> None:
-    result = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
-
-
-def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed CA certificate and its key (EC P-256, valid one day)."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture
 def api_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path, Path]:
     """A server context for 127.0.0.1 signed by a test CA, that CA, and an unrelated CA."""
-    ca_cert, ca_key = _make_ca(tmp_path, "cluster-ca")
-    other_ca, _ = _make_ca(tmp_path, "other-ca")
-    key, csr, cert = tmp_path / "api.key", tmp_path / "api.csr", tmp_path / "api.crt"
-    extensions = tmp_path / "san.cnf"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(csr), "-subj", "/CN=kube-apiserver",
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(extensions),
-    )  # fmt: skip
+    cluster_ca, other_ca = new_authority("cluster-ca"), new_authority("other-ca")
+    serving = issue(cluster_ca, "kube-apiserver", ip_addresses=["127.0.0.1"])
+    paths = {}
+    for name, pem in [
+        ("api.crt", serving.cert_pem),
+        ("api.key", serving.key_pem),
+        ("cluster-ca.crt", cluster_ca.cert_pem),
+        ("other-ca.crt", other_ca.cert_pem),
+    ]:
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(pem)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context, ca_cert, other_ca
+    context.load_cert_chain(paths["api.crt"], paths["api.key"])
+    return context, paths["cluster-ca.crt"], paths["other-ca.crt"]
 
 
 async def test_https_api_verified_with_the_kubeconfig_ca(
