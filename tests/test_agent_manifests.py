@@ -31,6 +31,16 @@ def test_daemonset_sees_the_host_network_with_no_privileges() -> None:
     assert container["resources"]["limits"]["memory"] == "128Mi"
 
 
+def test_namespace_admits_host_network_and_is_not_routed() -> None:
+    """hostNetwork needs the privileged Pod Security level; the routing webhook must skip it."""
+    (raw_namespace,) = _objects("namespace.yaml")
+    labels = raw_namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["hostports.dev/routing"] == "disabled"
+    (raw_kustomization,) = _objects("kustomization.yaml")
+    assert raw_kustomization["namespace"] == raw_namespace["metadata"]["name"]
+
+
 def test_rbac_allows_only_get_and_patch_nodes() -> None:
     """The agent's role reads and patches nodes and nothing else."""
     kinds = {raw["kind"]: raw for raw in _objects("rbac.yaml")}
