@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from tests.test_deploy_manifests import render, schema_errors
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "agent"
 
@@ -61,3 +67,45 @@ def test_conntrack_component_adds_only_net_admin() -> None:
         "drop": ["ALL"],
         "add": ["NET_ADMIN"],
     }
+
+
+def _render_with_conntrack(tmp_path: Path) -> list[Any]:
+    """An overlay of config/agent with the conntrack component, rendered by kubectl."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl is needed to render the kustomize trees"
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = os.path.relpath(CONFIG, overlay)  # kustomize refuses absolute roots
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{base}]\ncomponents: [{base}/conntrack]\n"
+    )
+    result = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [raw for raw in yaml.safe_load_all(result.stdout) if raw]
+
+
+@pytest.mark.parametrize("with_conntrack", [False, True], ids=["base", "conntrack"])
+def test_rendered_objects_match_the_kubernetes_schema(tmp_path: Path, with_conntrack: bool) -> None:
+    """kubectl kustomize renders every object with fields of its Kubernetes type only."""
+    objects = _render_with_conntrack(tmp_path) if with_conntrack else render("agent")
+    assert sorted(raw["kind"] for raw in objects) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Namespace",
+        "ServiceAccount",
+    ]
+    for raw in objects:
+        where = f"{raw['kind']}/{raw['metadata']['name']}"
+        assert list(schema_errors(raw, f"V1{raw['kind']}", where)) == []
+    (daemonset,) = [raw for raw in objects if raw["kind"] == "DaemonSet"]
+    (agent,) = daemonset["spec"]["template"]["spec"]["containers"]
+    assert agent["image"] == "hostport-extender:0.1.0"
+    assert ("--flush-stale-udp-conntrack" in agent["args"]) is with_conntrack
