@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError, RawEvent, WatchStreamError
 from extender.sinks import ObjectSink, RawObject
@@ -93,6 +93,30 @@ class Backoff:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class InformerObserver(Protocol):
+    """Told about an informer's progress as it happens (metrics); must return at once."""
+
+    def event(self, resource: str) -> None:
+        """A watch delivered something (an event or a bookmark)."""
+
+    def listed(self, resource: str) -> None:
+        """A complete list reached the sink (the first one included)."""
+
+    def watch_restarted(self, resource: str) -> None:
+        """A watch is opened again after one ended or failed."""
+
+
+class _NoObserver:
+    def event(self, resource: str) -> None:
+        pass
+
+    def listed(self, resource: str) -> None:
+        pass
+
+    def watch_restarted(self, resource: str) -> None:
+        pass
+
+
 class Informer:
     """The only writer of one sink; `run()` until cancelled."""
 
@@ -107,8 +131,10 @@ class Informer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        observer: InformerObserver | None = None,
     ) -> None:
         self.resource = resource
+        self._observer = observer or _NoObserver()
         self._api = api
         self._sink = sink
         self._watch_timeout = watch_timeout
@@ -157,7 +183,7 @@ class Informer:
                 if self._rv is None:
                     await self._relist()
                 progressed = await self._watch()
-                self._watch_restarts += 1
+                self._restarting()
                 gone_without_progress = 0
                 if progressed:
                     self._backoff.reset()
@@ -185,7 +211,11 @@ class Informer:
         log.warning("%s: %s; retrying in %.1f s", self.resource.name, error, delay)
         await self._sleep(delay)
         if self._rv is not None:
-            self._watch_restarts += 1
+            self._restarting()
+
+    def _restarting(self) -> None:
+        self._watch_restarts += 1
+        self._observer.watch_restarted(self.resource.name)
 
     async def _relist(self) -> None:
         items, rv = await self._api.list_all(
@@ -198,6 +228,7 @@ class Informer:
         self._rv = rv
         self._broken_since = None
         self._last_event_at = self._clock()
+        self._observer.listed(self.resource.name)
         log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, len(items), rv)
 
     async def _watch(self) -> bool:
@@ -235,6 +266,7 @@ class Informer:
         if isinstance(rv, str) and rv:
             self._rv = rv
         self._last_event_at = self._clock()
+        self._observer.event(self.resource.name)
 
     def _feed(self, method: Callable[[_T], None], argument: _T) -> None:
         """Hand one update to the sink; a bad object is logged and counted, never fatal.

@@ -18,9 +18,10 @@ from aiohttp import web
 from extender.app import create_app
 from extender.cluster import Cluster
 from extender.errors import BindError
-from extender.informer import NODES, PODS, Informer, Sleep
+from extender.informer import NODES, PODS, Informer, InformerObserver, Sleep
 from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError
 from extender.kubeauth import Connection, load_connection
+from extender.metrics import Metrics
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Live:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        observer: InformerObserver | None = None,
     ) -> None:
         self.api = KubeApi(connection)
         rng = rng or random.Random()
@@ -108,6 +110,7 @@ class Live:
             clock=clock,
             sleep=sleep,
             rng=rng,
+            observer=observer,
         )
         self.nodes = Informer(
             self.api,
@@ -118,6 +121,7 @@ class Live:
             clock=clock,
             sleep=sleep,
             rng=rng,
+            observer=observer,
         )
         self.readiness = LiveReadiness(
             (self.pods, self.nodes), staleness_seconds=staleness_seconds, clock=clock
@@ -143,12 +147,37 @@ class Live:
 
 
 def create_live_app(
-    settings: Settings, *, kubeconfig: str | None, context: str | None
-) -> tuple[web.Application, str]:
-    """The extender app fed by a cluster, and a line saying which cluster (for the banner)."""
+    settings: Settings,
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    metrics: Metrics | None = None,
+) -> tuple[web.Application, LiveReadiness, str]:
+    """The extender app fed by a cluster, its readiness, and which cluster (for the banner)."""
     connection = load_connection(kubeconfig, context)
     cluster = Cluster(settings)
-    live = Live(connection, cluster, staleness_seconds=settings.staleness_seconds)
-    app = create_app(cluster, settings, binder=live.binder, readiness=live.readiness)
+    observer = MetricsObserver(metrics) if metrics is not None else None
+    live = Live(
+        connection, cluster, staleness_seconds=settings.staleness_seconds, observer=observer
+    )
+    app = create_app(
+        cluster, settings, binder=live.binder, readiness=live.readiness, metrics=metrics
+    )
     app.cleanup_ctx.append(live.run_informers)
-    return app, f"the cluster at {connection.server} ({connection.source})"
+    return app, live.readiness, f"the cluster at {connection.server} ({connection.source})"
+
+
+class MetricsObserver:
+    """Feeds the informers' progress into the Prometheus metrics (extender/metrics.py)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def event(self, resource: str) -> None:
+        self._metrics.informer_event(resource)
+
+    def listed(self, resource: str) -> None:
+        self._metrics.relists.labels(resource=resource).inc()
+
+    def watch_restarted(self, resource: str) -> None:
+        self._metrics.watch_restarts.labels(resource=resource).inc()

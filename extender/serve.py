@@ -21,7 +21,7 @@ from extender.cluster import Cluster
 from extender.errors import ExtenderError
 from extender.metrics import new_metrics
 from extender.ops import create_ops_app
-from extender.readiness import AlwaysReady
+from extender.readiness import AlwaysReady, Readiness
 from extender.settings import Settings
 from extender.snapshot import load_objects
 
@@ -123,32 +123,35 @@ def run(args: argparse.Namespace) -> int:
     tls_files = tls.files_from_args(args)
     ssl_context = tls.server_context(tls_files) if tls_files is not None else None
     ops_address = parse_listen(args.ops_listen) if args.ops_listen else None
+    metrics = new_metrics()
+    hint: Path | None = None
+    readiness: Readiness
     if not args.snapshot:
         # Imported here so that snapshot mode never loads the `kubernetes` package.
         from extender.live import create_live_app  # noqa: PLC0415
 
-        app, where = create_live_app(settings, kubeconfig=args.kubeconfig, context=args.context)
-        asyncio.run(serve_app(app, settings, where))
-        return 0
-    if args.kubeconfig or args.context:
-        raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
-    cluster = Cluster(settings)
-    objects = load_objects(args.snapshot)
-    cluster.nodes.replace(objects.nodes)
-    cluster.pods.replace(objects.pods)
-    freeze_heap()
-    metrics = new_metrics()
-    readiness = AlwaysReady()
-    app = create_app(
-        cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
-    )
+        app, readiness, summary = create_live_app(
+            settings, kubeconfig=args.kubeconfig, context=args.context, metrics=metrics
+        )
+    else:
+        if args.kubeconfig or args.context:
+            raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
+        cluster = Cluster(settings)
+        objects = load_objects(args.snapshot)
+        cluster.nodes.replace(objects.nodes)
+        cluster.pods.replace(objects.pods)
+        freeze_heap()
+        readiness = AlwaysReady()
+        app = create_app(
+            cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
+        )
+        summary = (
+            f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
+            f"({len(cluster.pods_by_uid)} with host-level ports) from "
+            + ", ".join(map(str, args.snapshot))
+        )
+        hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     ops_app = create_ops_app(metrics, readiness) if ops_address is not None else None
-    summary = (
-        f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
-        f"({len(cluster.pods_by_uid)} with host-level ports) from "
-        + ", ".join(map(str, args.snapshot))
-    )
-    hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     ops = (ops_app, *ops_address) if ops_app is not None and ops_address is not None else None
     asyncio.run(serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops))
     return 0

@@ -9,7 +9,7 @@ server would be lenient or vague, the fake is strict (see ../shared/protocol.md 
 - WATCH streams newline-delimited JSON in chunks, ADDED/MODIFIED/DELETED/BOOKMARK/ERROR, honours
   `timeoutSeconds` and `allowWatchBookmarks`, turns selector transitions into ADDED/DELETED;
 - `pods/binding` with the UID precondition; merge-patch of node metadata; bearer tokens and
-  client certificates, both checked.
+  client certificates (a CA of its own, from extender.certs), both checked.
 
 Tests drive it through plain methods: `put`/`remove` objects, `rotate_token`, `break_streams`,
 `expire_watches`, `compact`, `expire_continue_tokens`, `inject_error`, `inject_garbage`,
@@ -22,7 +22,6 @@ import asyncio
 import base64
 import itertools
 import ssl
-import subprocess
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,6 +33,8 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+
+from extender import certs
 
 RawObject = dict[str, Any]
 
@@ -193,49 +194,39 @@ class RecordedRequest:
 
 @dataclass(frozen=True, slots=True)
 class Pki:
-    """A throwaway CA with a server certificate for 127.0.0.1/localhost, made with openssl."""
+    """A throwaway CA with a server certificate for 127.0.0.1/localhost (extender.certs)."""
 
     directory: Path
+    authority: certs.Authority
     ca_cert: Path
-    ca_key: Path
     server_cert: Path
     server_key: Path
 
     @classmethod
     def create(cls, directory: Path) -> Pki:
-        """Generate the CA and the server certificate (EC keys: fast to make)."""
+        """Generate the CA and the server certificate; only the CA key stays in memory."""
         directory.mkdir(parents=True, exist_ok=True)
-        ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
-        _openssl(
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "2",
-            "-subj", "/CN=fake-kubernetes-ca",
-        )  # fmt: skip
-        pki = cls(directory, ca_cert, ca_key, directory / "server.crt", directory / "server.key")
-        pki._issue("server", "/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1,DNS:localhost")
-        return pki
+        authority = certs.new_authority("fake-kubernetes-ca", days=2)
+        ca_cert = directory / "ca.crt"
+        ca_cert.write_bytes(authority.cert_pem)
+        server = certs.issue(
+            authority, "kube-apiserver", dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=2
+        )
+        server_cert, server_key = _write_pair(directory, "server", server)
+        return cls(directory, authority, ca_cert, server_cert, server_key)
 
     def issue_client(self, user: str) -> tuple[Path, Path]:
         """A client certificate (CN = user) signed by the CA; returns (cert, key) paths."""
-        return self._issue(f"client-{user}", f"/CN={user}", "extendedKeyUsage=clientAuth")
-
-    def _issue(self, name: str, subject: str, extension: str) -> tuple[Path, Path]:
-        key, csr, cert = (self.directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-        _openssl(
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(csr), "-subj", subject,
-        )  # fmt: skip
-        ext_file = self.directory / f"{name}.ext"
-        ext_file.write_text(extension + "\n")
-        _openssl(
-            "x509", "-req", "-in", str(csr), "-CA", str(self.ca_cert), "-CAkey", str(self.ca_key),
-            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext_file),
-        )  # fmt: skip
-        return cert, key
+        issued = certs.issue(self.authority, user, client=True, days=2)
+        return _write_pair(self.directory, f"client-{user}", issued)
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+def _write_pair(directory: Path, name: str, issued: certs.Issued) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    cert.write_bytes(issued.cert_pem)
+    key.write_bytes(issued.key_pem)
+    key.chmod(0o600)
+    return cert, key
 
 
 class FakeApiServer:

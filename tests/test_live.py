@@ -19,7 +19,8 @@ from extender.app import create_app
 from extender.cluster import Cluster
 from extender.informer import PODS
 from extender.kubeauth import load_connection
-from extender.live import Live
+from extender.live import Live, create_live_app
+from extender.metrics import new_metrics
 from extender.settings import Settings
 from tests.conftest import REPO, ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually
@@ -307,3 +308,32 @@ async def test_serve_with_a_bad_kubeconfig_is_one_line(tmp_path: Path) -> None:
     text = err.decode()
     assert "Traceback" not in text
     assert f"kubeconfig {tmp_path / 'nope'}" in text
+
+
+async def test_live_app_exports_informer_metrics(tmp_path: Path, aiohttp_client: Any) -> None:
+    """create_live_app feeds list and watch progress into /metrics."""
+    fake = FakeApiServer(token="sa-token", pki=Pki.create(tmp_path / "pki"))
+    seed(fake)
+    await fake.start()
+    try:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", token="sa-token")
+        metrics = new_metrics()
+        app, readiness, where = create_live_app(
+            Settings(), kubeconfig=str(kubeconfig), context=None, metrics=metrics
+        )
+        assert where.startswith(f"the cluster at {fake.url} ")
+        client: ExtenderClient = await aiohttp_client(app)
+        await eventually(lambda: readiness.check() is None)
+        await eventually(lambda: fake.open_watches == 2)
+        fake.put("nodes", {"metadata": {"name": "n9"}})
+        fake.break_streams()
+        restarts = {"resource": "nodes"}
+        name = "hostport_extender_informer_watch_restarts_total"
+        await eventually(lambda: metrics.registry.get_sample_value(name, restarts) == 1.0)
+        text = await (await client.get("/metrics")).text()
+        assert 'hostport_extender_informer_relists_total{resource="pods"} 1.0' in text
+        assert 'hostport_extender_informer_watch_restarts_total{resource="nodes"} 1.0' in text
+        assert 'hostport_extender_informer_last_event_age_seconds{resource="nodes"}' in text
+        await client.close()
+    finally:
+        await fake.stop()
