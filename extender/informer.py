@@ -151,6 +151,7 @@ class Informer:
         self._broken_since: float | None = None
         self._last_error: str | None = None
         self._sink_errors = 0
+        self._gone_streak = 0
 
     def status(self) -> InformerStatus:
         return InformerStatus(
@@ -177,28 +178,29 @@ class Informer:
             raise
 
     async def _loop(self) -> None:
-        gone_without_progress = 0
         while True:
             try:
                 if self._rv is None:
                     await self._relist()
-                progressed = await self._watch()
+                await self._watch()
                 self._restarting()
-                gone_without_progress = 0
-                if progressed:
-                    self._backoff.reset()
             except ApiStatusError as error:
                 if not error.gone:
                     await self._failed(error, error.retry_after)
                     continue
                 log.info("%s: %s; relisting", self.resource.name, error)
                 self._rv = None
-                gone_without_progress += 1
-                if gone_without_progress > 1:
+                self._gone_streak += 1
+                if self._gone_streak > 1:
                     # A server that answers 410 to every fresh list/watch must not spin us.
                     await self._failed(error, None)
             except KubeApiError as error:
                 await self._failed(error, None)
+
+    def _progressed(self) -> None:
+        """Events or a healthy watch arrived: the next failure starts the backoff over."""
+        self._backoff.reset()
+        self._gone_streak = 0
 
     async def _failed(self, error: KubeApiError, retry_after: float | None) -> None:
         now = self._clock()
@@ -231,8 +233,8 @@ class Informer:
         self._observer.listed(self.resource.name)
         log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, len(items), rv)
 
-    async def _watch(self) -> bool:
-        """One watch from the current RV until the server ends it; True if events arrived."""
+    async def _watch(self) -> None:
+        """One watch from the current RV until the server ends it cleanly; errors raise."""
         assert self._rv is not None
         params = {"resourceVersion": self._rv, "allowWatchBookmarks": "true"}
         if self.resource.field_selector:
@@ -245,10 +247,13 @@ class Informer:
         async with stream:
             async for event in stream:
                 self._apply(event)
+                if events == 0:
+                    self._progressed()
                 events += 1
-        if events == 0 and self._clock() - started < 1.0:
-            raise WatchStreamError(f"watch {self.resource.path}: very short watch with no events")
-        return events > 0
+        if events == 0:
+            if self._clock() - started < 1.0:
+                raise WatchStreamError(f"watch {self.resource.path}: very short watch, no events")
+            self._progressed()
 
     def _apply(self, event: RawEvent) -> None:
         kind = event["type"]

@@ -275,3 +275,20 @@ async def test_a_sink_error_skips_one_object_not_the_stream(stack: Stack) -> Non
             await asyncio.gather(task, return_exceptions=True)
     assert informer.status().sink_errors == 1
     assert "default/poison" not in sink.objects
+
+
+async def test_backoff_starts_over_once_events_flow_again(stack: Stack) -> None:
+    """After an outage escalated the backoff, the next cut waits 0.8-1.0 s again."""
+    fake = stack.fake
+    await fake.go_down()
+    await eventually(lambda: len(stack.delays) >= 6)
+    assert max(stack.delays) > 2.0
+    await fake.come_up()
+    fake.put("pods", pod("flowing"))
+    fake.put("nodes", {"metadata": {"name": "n7"}})
+    await eventually(stack.in_sync)
+    await eventually(lambda: fake.open_watches == 2)
+    before = len(stack.delays)
+    fake.break_streams()
+    await eventually(lambda: len(stack.delays) >= before + 2)
+    assert all(0.8 <= delay <= 1.0 for delay in stack.delays[before:])
