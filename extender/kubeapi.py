@@ -92,10 +92,7 @@ class KubeApi:
         """Create the HTTP session (TLS context from the connection record)."""
         if self.connection.server.startswith("https://"):
             self._ssl = _ssl_context(self.connection)
-        self._session = aiohttp.ClientSession(
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            raise_for_status=False,
-        )
+        self._session = aiohttp.ClientSession()
 
     async def close(self) -> None:
         if self._session is not None:
