@@ -10,7 +10,7 @@ class PortSpecError(ExtenderError, ValueError):
 
 
 class WireError(ExtenderError):
-    """A request body that does not follow the extender protocol; `status` is the HTTP status to answer."""
+    """A request that breaks the extender protocol; `status` is the HTTP status to answer."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)

@@ -1,0 +1,223 @@
+"""The aiohttp application: the scheduler's verbs, health and readiness, and upkeep.
+
+Thin: requests are decoded by `wire`, answered by `decisions` over the `Cluster`, encoded by
+`wire`. Every error becomes a JSON `{"Error": ...}` with a 4xx/5xx status; no traceback ever
+reaches the scheduler. The only waiting on the request path is a filter call that meets a
+port an in-flight pod may take: it waits (bounded) for that pod's binding to settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from extender import wire
+from extender.binding import Binder
+from extender.cluster import Cluster
+from extender.decisions import filter_pod, filter_preemption, passed_nodes, score_nodes
+from extender.errors import BindError, WireError
+from extender.pods import ListenAnnotationError, PodPorts, decode_pod
+from extender.readiness import Readiness
+from extender.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLUSTER = web.AppKey("cluster", Cluster)
+SETTINGS = web.AppKey("settings", Settings)
+BINDER = web.AppKey("binder", Binder)
+READINESS = web.AppKey("readiness", Readiness)
+
+SWEEP_INTERVAL_SECONDS = 1.0
+JSON = "application/json"
+VERBS = ("filter", "prioritize", "bind", "preempt")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ChangeNotifier:
+    """Wakes filter calls waiting for an in-flight pod whenever a reservation settles."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Return at the next change, or after `seconds`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
+CHANGES = web.AppKey("changes", ChangeNotifier)
+
+
+def create_app(
+    cluster: Cluster, settings: Settings, *, binder: Binder, readiness: Readiness
+) -> web.Application:
+    """The extender application; background upkeep starts and stops with it."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    app[CLUSTER] = cluster
+    app[SETTINGS] = settings
+    app[BINDER] = binder
+    app[READINESS] = readiness
+    notifier = ChangeNotifier()
+    app[CHANGES] = notifier
+    cluster.on_change = notifier.notify
+    app.router.add_post("/filter", handle_filter)
+    app.router.add_post("/prioritize", handle_prioritize)
+    app.router.add_post("/bind", handle_bind)
+    app.router.add_post("/preempt", handle_preempt)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_route("*", "/{verb}", handle_unknown)
+    app.cleanup_ctx.append(_upkeep)
+    return app
+
+
+async def _upkeep(app: web.Application) -> AsyncIterator[None]:
+    """Expire reservations and stale observations while the app runs."""
+    cluster = app[CLUSTER]
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            cluster.sweep()
+
+    task = asyncio.create_task(sweep_forever(), name="cluster-sweep")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers JSON `{"Error": ...}`; nothing escapes as a traceback."""
+    try:
+        return await handler(request)
+    except WireError as error:
+        return _error(str(error), error.status)
+    except web.HTTPRequestEntityTooLarge as error:
+        limit = request.app[SETTINGS].max_body_bytes
+        return _error(f"request body too large: {error.text} (limit {limit} bytes)", 413)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _error(f"{error.reason}: {request.method} {request.path}", error.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # the last line of defence: log it, answer plainly
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(f"internal error ({type(error).__name__}); see the extender's log", 500)
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.Response(body=wire.encode_error(message), status=status, content_type=JSON)
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type=JSON)
+
+
+def _is_ours(settings: Settings, pod: PodPorts) -> bool:
+    return settings.scheduler_name is None or pod.scheduler_name == settings.scheduler_name
+
+
+async def handle_filter(request: web.Request) -> web.Response:
+    args = wire.decode_extender_args(await request.read())
+    app = request.app
+    cluster, settings = app[CLUSTER], app[SETTINGS]
+    names = args.node_names
+    try:
+        pod = decode_pod(args.raw_pod, strict=True)
+    except ListenAnnotationError as error:
+        return _json(wire.encode_filter_result(args, [], dict.fromkeys(names, str(error))))
+    if not pod.wanted or not _is_ours(settings, pod):
+        return _json(wire.encode_filter_result(args, names, {}))
+    not_ready = app[READINESS].check()
+    if not_ready is not None:
+        if settings.fail_open:
+            return _json(wire.encode_filter_result(args, names, {}))
+        return _json(wire.encode_filter_error(args, f"hostport-extender not ready: {not_ready}"))
+
+    candidates = set(names)
+    verdict = filter_pod(cluster, pod, candidates)
+    if verdict.in_flight:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.in_flight_wait_seconds
+        while verdict.in_flight and (remaining := deadline - loop.time()) > 0:
+            await app[CHANGES].wait(remaining)
+            verdict = filter_pod(cluster, pod, candidates)
+    rejected = verdict.final()
+    passed = passed_nodes(names, rejected)
+    if passed:
+        cluster.in_flight.hold(pod, passed, cluster.clock() + settings.in_flight_ttl_seconds)
+    return _json(wire.encode_filter_result(args, passed, rejected))
+
+
+async def handle_prioritize(request: web.Request) -> web.Response:
+    args = wire.decode_extender_args(await request.read())
+    app = request.app
+    cluster, settings = app[CLUSTER], app[SETTINGS]
+    try:
+        pod = decode_pod(args.raw_pod, strict=True)
+    except ListenAnnotationError:
+        pod = None
+    if pod is None or not _is_ours(settings, pod) or app[READINESS].check() is not None:
+        return _json(wire.encode_priorities([(name, 0) for name in args.node_names]))
+    return _json(wire.encode_priorities(score_nodes(cluster, pod, args.node_names)))
+
+
+async def handle_bind(request: web.Request) -> web.Response:
+    args = wire.decode_binding_args(await request.read())
+    cluster = request.app[CLUSTER]
+    try:
+        await request.app[BINDER].bind(args.pod_namespace, args.pod_name, args.pod_uid, args.node)
+    except BindError as error:
+        cluster.forget_in_flight(args.pod_uid)
+        log.warning(
+            "binding %s/%s to %s failed: %s", args.pod_namespace, args.pod_name, args.node, error
+        )
+        return _json(wire.encode_binding_result(str(error)))
+    cluster.record_binding(args.pod_uid, args.node)
+    return _json(wire.encode_binding_result())
+
+
+async def handle_preempt(request: web.Request) -> web.Response:
+    args = wire.decode_preemption_args(await request.read())
+    app = request.app
+    cluster, settings = app[CLUSTER], app[SETTINGS]
+    try:
+        pod = decode_pod(args.raw_pod, strict=True)
+    except ListenAnnotationError:
+        return _json(wire.encode_preemption_result({}))
+    if not pod.wanted or not _is_ours(settings, pod):
+        return _json(wire.encode_preemption_result(args.proposals))
+    not_ready = app[READINESS].check()
+    if not_ready is not None:
+        return _error(f"hostport-extender not ready: {not_ready}", 503)
+    return _json(wire.encode_preemption_result(filter_preemption(cluster, pod, args.proposals)))
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    not_ready = request.app[READINESS].check()
+    if not_ready is None:
+        return web.Response(text="ok\n")
+    return web.Response(text=f"not ready: {not_ready}\n", status=503)
+
+
+async def handle_unknown(request: web.Request) -> web.Response:
+    verb = request.match_info.get("verb", "")
+    if verb in VERBS or verb in ("healthz", "readyz"):
+        return _error(f"method {request.method} not allowed on /{verb}", 405)
+    return _error(f"unknown verb {verb!r}: this extender serves {', '.join(VERBS)}", 404)

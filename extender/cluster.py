@@ -1,0 +1,305 @@
+"""The cluster as the extender knows it: the port index plus everything that keeps it honest.
+
+Owns the PortIndex and the in-flight reservations, and is fed by ObjectSinks (informers in live
+mode, the snapshot loader otherwise) and by bindings. Single-threaded by design: everything runs
+on the event loop, so no locks. Logs each malformed annotation once, not once per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from extender.inflight import InFlight
+from extender.pods import (
+    NodePorts,
+    PodPorts,
+    cluster_reserved_claims,
+    decode_node,
+    decode_pod,
+    in_flight_owner,
+    observed_owner,
+    reserved_owner,
+)
+from extender.ports import Claim, ClaimKind, PortIndex
+from extender.portspec import parse_port_specs
+from extender.settings import Settings
+from extender.sinks import RawObject
+
+log = logging.getLogger(__name__)
+
+_MAX_REMEMBERED_PROBLEMS = 10_000
+
+
+@dataclass(slots=True)
+class _BoundReservation:
+    node: str
+    expires: float
+
+
+@dataclass(slots=True)
+class _NodeState:
+    """What the cluster keeps per known node beyond its claims in the index."""
+
+    observed: tuple[Claim, ...] = ()
+    observed_at: float | None = None
+    stale: bool = False
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    """Counters for metrics and `/debug`."""
+
+    pods_with_claims: int = 0
+    stale_observations: int = 0
+    problems_seen: int = 0
+    bindings: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Cluster:
+    """Port claims of every pod and node, in-flight reservations, and the sinks that feed them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.index = PortIndex(
+            cluster_reserved_claims(settings.cluster_reserved_ports),
+            clock=clock,
+            udp_switch_window=settings.udp_switch_window_seconds,
+        )
+        self.in_flight = InFlight()
+        self.protected_ports = parse_port_specs(settings.protected_ports)
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.nodes_known: dict[str, _NodeState] = {}
+        self.pods_by_uid: dict[str, PodPorts] = {}
+        """Pods that hold or want host-level ports (others are not kept)."""
+        self.protected_uids: set[str] = set()
+        self._bound: dict[str, _BoundReservation] = {}
+        self._problems_reported: set[str] = set()
+        self.stats = ClusterStats()
+        self.pods = _PodSink(self)
+        self.nodes = _NodeSink(self)
+        self.on_change: Callable[[], None] = lambda: None
+        """Called after anything that may settle an in-flight pod (set by the HTTP app)."""
+
+    # --- pods ------------------------------------------------------------------------------
+
+    def apply_pod(self, pod: PodPorts) -> None:
+        """Make the index reflect `pod` as it is now."""
+        self._report(pod.problems)
+        uid = pod.uid
+        previous = self.pods_by_uid.get(uid)
+        if pod.claims or pod.init_claims:
+            self.pods_by_uid[uid] = pod
+        else:
+            self.pods_by_uid.pop(uid, None)
+        if pod.protected:
+            self.protected_uids.add(uid)
+        else:
+            self.protected_uids.discard(uid)
+        self.index.set_owner(uid, pod.node, pod.claims)
+        if pod.node:
+            # The informer (or a snapshot binding) shows where the pod went: reservations settle.
+            settled = self.in_flight.take(uid) is not None
+            if self._bound.pop(uid, None) is not None:
+                self.index.remove_owner(in_flight_owner(uid))
+                settled = True
+            if settled:
+                self.on_change()
+        for node in {pod.node, previous.node if previous else ""} - {""}:
+            self._refresh_observed(node)
+
+    def remove_pod(self, uid: str) -> None:
+        previous = self.pods_by_uid.pop(uid, None)
+        self.protected_uids.discard(uid)
+        self.index.remove_owner(uid)
+        settled = self.in_flight.take(uid) is not None
+        if self._bound.pop(uid, None) is not None:
+            self.index.remove_owner(in_flight_owner(uid))
+            settled = True
+        if previous is not None and previous.node:
+            self._refresh_observed(previous.node)
+        if settled:
+            self.on_change()
+
+    def replace_pods(self, pods: Iterable[PodPorts]) -> None:
+        """A full relist: pods missing from it are gone and release their ports."""
+        fresh = {pod.uid: pod for pod in pods}
+        for uid in [uid for uid in self.pods_by_uid if uid not in fresh]:
+            self.remove_pod(uid)
+        for pod in fresh.values():
+            self.apply_pod(pod)
+
+    # --- bindings and reservations -----------------------------------------------------------
+
+    def apply_binding(self, uid: str, node: str) -> None:
+        """Snapshot mode: the binding happened in the in-memory cluster; the pod holds its ports."""
+        tentative = self.in_flight.take(uid)
+        pod = tentative.pod if tentative is not None else self.pods_by_uid.get(uid)
+        if pod is not None:
+            self.apply_pod(
+                PodPorts(
+                    pod.uid,
+                    pod.namespace,
+                    pod.name,
+                    node,
+                    pod.host_network,
+                    pod.scheduler_name,
+                    pod.claims,
+                    pod.init_claims,
+                    pod.protected,
+                )
+            )
+
+    def record_binding(self, uid: str, node: str) -> None:
+        """The scheduler bound `uid` to `node` through us and the binder succeeded.
+
+        Unless the index already shows the pod there (snapshot mode, or a fast watch), an
+        in-flight reservation holds its ports until the watch shows it, or until it expires.
+        """
+        self.stats.bindings += 1
+        tentative = self.in_flight.take(uid)
+        pod = tentative.pod if tentative is not None else self.pods_by_uid.get(uid)
+        held = self.index.claims_of(uid)
+        if pod is not None and pod.claims and (held is None or held[0] != node):
+            holder = f"pod {pod.key}, which is being bound to this node"
+            claims = [
+                Claim(
+                    c.protocol,
+                    c.first,
+                    c.last,
+                    c.ip,
+                    ClaimKind.IN_FLIGHT,
+                    in_flight_owner(uid),
+                    holder,
+                )
+                for c in pod.claims
+            ]
+            self.index.set_owner(in_flight_owner(uid), node, claims)
+            expires = self.clock() + self.settings.bound_reservation_ttl_seconds
+            self._bound[uid] = _BoundReservation(node, expires)
+        self.on_change()
+
+    def forget_in_flight(self, uid: str) -> None:
+        """A binding failed: the pod holds nothing until the scheduler tries again."""
+        self.in_flight.take(uid)
+        if self._bound.pop(uid, None) is not None:
+            self.index.remove_owner(in_flight_owner(uid))
+        self.on_change()
+
+    def bound_reservations(self) -> int:
+        return len(self._bound)
+
+    def sweep(self) -> None:
+        """Periodic upkeep: expire reservations and stale observations, trim UDP history."""
+        now = self.clock()
+        changed = bool(self.in_flight.expire(now))
+        for uid in [uid for uid, bound in self._bound.items() if bound.expires <= now]:
+            del self._bound[uid]
+            self.index.remove_owner(in_flight_owner(uid))
+            changed = True
+        for node in list(self.nodes_known):
+            self._refresh_observed(node)
+        self.index.forget_udp_history()
+        if changed:
+            self.on_change()
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    def apply_node(self, node: NodePorts) -> None:
+        self._report(node.problems)
+        state = self.nodes_known.setdefault(node.name, _NodeState())
+        self.index.set_owner(reserved_owner(node.name), node.name, node.reserved)
+        state.observed = node.observed
+        state.observed_at = node.observed_at
+        self._refresh_observed(node.name)
+
+    def remove_node(self, name: str) -> None:
+        self.nodes_known.pop(name, None)
+        self.index.remove_owner(reserved_owner(name))
+        self.index.remove_owner(observed_owner(name))
+
+    def replace_nodes(self, nodes: Iterable[NodePorts]) -> None:
+        fresh = {node.name: node for node in nodes}
+        for name in [name for name in self.nodes_known if name not in fresh]:
+            self.remove_node(name)
+        for node in fresh.values():
+            self.apply_node(node)
+
+    def observation_is_stale(self, node: str) -> bool:
+        state = self.nodes_known.get(node)
+        return state is not None and state.stale
+
+    def _refresh_observed(self, name: str) -> None:
+        """Observed listeners count unless stale or explained by a pod on the same node."""
+        state = self.nodes_known.get(name)
+        if state is None or not state.observed:
+            if state is not None and state.stale:
+                state.stale = False
+            return
+        age = None if state.observed_at is None else self.wall_clock() - state.observed_at
+        state.stale = age is None or age > self.settings.observed_stale_seconds
+        if state.stale:
+            self.index.remove_owner(observed_owner(name))
+            return
+        pod_claims = [
+            claim
+            for claim in self.index.claims_on(name)
+            if claim.kind in (ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN)
+        ]
+        unexplained = [
+            seen for seen in state.observed if not any(seen.collides(c) for c in pod_claims)
+        ]
+        self.index.set_owner(observed_owner(name), name, unexplained)
+
+    # --- upkeep ------------------------------------------------------------------------------
+
+    def _report(self, problems: Iterable[str]) -> None:
+        for problem in problems:
+            if problem in self._problems_reported:
+                continue
+            if len(self._problems_reported) >= _MAX_REMEMBERED_PROBLEMS:
+                self._problems_reported.clear()
+            self._problems_reported.add(problem)
+            self.stats.problems_seen += 1
+            log.warning("%s", problem)
+
+
+class _PodSink:
+    """ObjectSink for Pods."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def upsert(self, raw: RawObject) -> None:
+        self._cluster.apply_pod(decode_pod(raw))
+
+    def delete(self, raw: RawObject) -> None:
+        self._cluster.remove_pod(decode_pod(raw).uid)
+
+    def replace(self, raws: list[RawObject]) -> None:
+        self._cluster.replace_pods(decode_pod(raw) for raw in raws)
+
+
+class _NodeSink:
+    """ObjectSink for Nodes."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def upsert(self, raw: RawObject) -> None:
+        self._cluster.apply_node(decode_node(raw))
+
+    def delete(self, raw: RawObject) -> None:
+        self._cluster.remove_node(decode_node(raw).name)
+
+    def replace(self, raws: list[RawObject]) -> None:
+        self._cluster.replace_nodes(decode_node(raw) for raw in raws)

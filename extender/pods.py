@@ -1,0 +1,358 @@
+"""Raw Pod and Node JSON -> small frozen records of the host-level ports they claim.
+
+Pure. This is the one boundary where undecoded API JSON becomes typed data; nothing above it
+keeps whole objects. It mirrors the API server's defaulting and the scheduler's port counting
+(protocol.md §3): `hostPort > 0` of containers and of restartable init containers (native
+sidecars); for hostNetwork pods every declared `containerPort` (hostPort defaults to it); plus
+the project's annotations for ports nobody declares.
+
+Two modes: `strict` for the pod the scheduler asks about (a malformed field is the caller's
+error and must be reported), lenient for objects already in the cluster (one bad entry must not
+release the ports the rest of the object holds; problems are returned for logging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from extender.errors import PortSpecError, WireError
+from extender.ports import Claim, ClaimKind
+from extender.portspec import (
+    normalize_ip,
+    normalize_protocol,
+    parse_port_specs,
+    parse_port_specs_lenient,
+)
+
+LISTEN_ANNOTATION = "hostports.dev/listen"
+RESERVED_ANNOTATION = "hostports.dev/reserved"
+OBSERVED_ANNOTATION = "hostports.dev/observed"
+OBSERVED_AT_ANNOTATION = "hostports.dev/observed-at"
+PROTECTED_ANNOTATION = "hostports.dev/protected"
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+class PodShapeError(WireError):
+    """The pod in a request has a field of the wrong shape (a string where a port number goes)."""
+
+
+class ListenAnnotationError(PodShapeError):
+    """The pod being scheduled has an unparseable `hostports.dev/listen`: no node can be judged."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodPorts:
+    """What one pod means for host ports.
+
+    `claims` are held while the pod exists on its node; `init_claims` (plain init containers)
+    must be free for the pod to start but are not held afterwards.
+    """
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    host_network: bool
+    scheduler_name: str
+    claims: tuple[Claim, ...]
+    init_claims: tuple[Claim, ...] = ()
+    protected: bool = False
+    terminal: bool = False
+    problems: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def wanted(self) -> tuple[Claim, ...]:
+        """Every claim that must be free on a node for the pod to start there."""
+        return self.claims + self.init_claims if self.init_claims else self.claims
+
+    @property
+    def family(self) -> str:
+        """ "socket" for hostNetwork pods, "dnat" for hostPort pods (see ClaimKind.family)."""
+        return "socket" if self.host_network else "dnat"
+
+
+@dataclass(frozen=True, slots=True)
+class NodePorts:
+    """What one node means for host ports: its reserved and observed listeners."""
+
+    name: str
+    reserved: tuple[Claim, ...]
+    observed: tuple[Claim, ...] = ()
+    observed_at: float | None = None
+    problems: tuple[str, ...] = ()
+
+
+def reserved_owner(node: str) -> str:
+    return f"node:{node}:reserved"
+
+
+def observed_owner(node: str) -> str:
+    return f"node:{node}:observed"
+
+
+def in_flight_owner(uid: str) -> str:
+    return f"in-flight:{uid}"
+
+
+def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
+    """Decode a Pod object; `strict` raises PodShapeError instead of noting problems."""
+    if not isinstance(raw_pod, Mapping):
+        raise PodShapeError(f"Pod must be an object, got {_type_name(raw_pod)}")
+    metadata = _mapping(raw_pod.get("metadata"), "Pod.metadata", strict)
+    spec = _mapping(raw_pod.get("spec"), "Pod.spec", strict)
+    status = _mapping(raw_pod.get("status"), "Pod.status", strict)
+    namespace = _text(metadata.get("namespace"), "Pod.metadata.namespace", strict) or "default"
+    name = _text(metadata.get("name"), "Pod.metadata.name", strict)
+    uid = _text(metadata.get("uid"), "Pod.metadata.uid", strict) or f"{namespace}/{name}"
+    node = _text(spec.get("nodeName"), "Pod.spec.nodeName", strict)
+    host_network = spec.get("hostNetwork") is True
+    scheduler_name = _text(spec.get("schedulerName"), "Pod.spec.schedulerName", strict)
+    phase = _text(status.get("phase"), "Pod.status.phase", strict)
+    annotations = _mapping(metadata.get("annotations"), "Pod.metadata.annotations", strict)
+    protected = str(annotations.get(PROTECTED_ANNOTATION, "")).strip().lower() == "true"
+    record = _PodClaimsBuilder(uid, f"{namespace}/{name}", host_network, strict)
+
+    if phase in TERMINAL_PHASES:
+        return PodPorts(
+            uid,
+            namespace,
+            name,
+            node,
+            host_network,
+            scheduler_name,
+            (),
+            (),
+            protected,
+            terminal=True,
+        )
+
+    containers = _sequence(spec.get("containers"), "Pod.spec.containers", strict)
+    for index, container in enumerate(containers):
+        record.add_container(container, f"Pod.spec.containers[{index}]", transient=False)
+    init_containers = _sequence(spec.get("initContainers"), "Pod.spec.initContainers", strict)
+    for index, container in enumerate(init_containers):
+        where = f"Pod.spec.initContainers[{index}]"
+        sidecar = isinstance(container, Mapping) and container.get("restartPolicy") == "Always"
+        record.add_container(container, where, transient=not sidecar)
+
+    listen = annotations.get(LISTEN_ANNOTATION)
+    if listen is not None:
+        record.add_listen_annotation(listen)
+
+    return PodPorts(
+        uid=uid,
+        namespace=namespace,
+        name=name,
+        node=node,
+        host_network=host_network,
+        scheduler_name=scheduler_name,
+        claims=tuple(record.claims),
+        init_claims=tuple(record.init_claims),
+        protected=protected,
+        problems=tuple(record.problems),
+    )
+
+
+class _PodClaimsBuilder:
+    def __init__(self, uid: str, key: str, host_network: bool, strict: bool) -> None:
+        self.uid = uid
+        self.key = key
+        self.host_network = host_network
+        self.strict = strict
+        self.claims: list[Claim] = []
+        self.init_claims: list[Claim] = []
+        self.problems: list[str] = []
+        kind = "hostNetwork" if host_network else "hostPort"
+        self.holder = f"{kind} pod {key}"
+
+    def add_container(self, container: object, where: str, *, transient: bool) -> None:
+        if not isinstance(container, Mapping):
+            self._problem(f"{where} must be an object, got {_type_name(container)}")
+            return
+        for index, port in enumerate(
+            _sequence(container.get("ports"), f"{where}.ports", self.strict)
+        ):
+            claim = self._port_claim(port, f"{where}.ports[{index}]")
+            if claim is not None:
+                (self.init_claims if transient else self.claims).append(claim)
+
+    def _port_claim(self, port: object, where: str) -> Claim | None:
+        if not isinstance(port, Mapping):
+            self._problem(f"{where} must be an object, got {_type_name(port)}")
+            return None
+        host_port = port.get("hostPort")
+        container_port = port.get("containerPort")
+        for label, value in (("hostPort", host_port), ("containerPort", container_port)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                self._problem(f"{where}.{label} must be an integer, got {value!r}")
+                return None
+        if self.host_network and not host_port:
+            host_port = container_port  # the API's defaulting for hostNetwork pods
+        if not host_port or host_port <= 0:
+            return None
+        if host_port > 65535:
+            self._problem(f"{where}.hostPort {host_port} is outside 1-65535")
+            return None
+        try:
+            protocol = normalize_protocol(
+                _text(port.get("protocol"), f"{where}.protocol", self.strict)
+            )
+            ip = normalize_ip(_text(port.get("hostIP"), f"{where}.hostIP", self.strict))
+        except ValueError as error:
+            self._problem(f"{where}: {error}")
+            return None
+        kind = ClaimKind.HOST_NETWORK if self.host_network else ClaimKind.HOST_PORT
+        return Claim(protocol, host_port, host_port, ip, kind, self.uid, self.holder)
+
+    def add_listen_annotation(self, value: object) -> None:
+        if not isinstance(value, str):
+            self._problem(f"annotation {LISTEN_ANNOTATION} must be a string")
+            return
+        if not self.host_network:
+            # Without hostNetwork the process listens in the pod's own namespace: no host port.
+            self.problems.append(
+                f"annotation {LISTEN_ANNOTATION} ignored: pod {self.key} does not use hostNetwork"
+            )
+            return
+        if self.strict:
+            try:
+                specs = parse_port_specs(value)
+            except PortSpecError as error:
+                raise ListenAnnotationError(
+                    f"invalid annotation {LISTEN_ANNOTATION} on pod {self.key}: {error}"
+                ) from error
+        else:
+            specs, problems = parse_port_specs_lenient(value)
+            self.problems.extend(f"annotation {LISTEN_ANNOTATION}: {p}" for p in problems)
+        holder = f"hostNetwork pod {self.key} (undeclared listener, {LISTEN_ANNOTATION})"
+        self.claims.extend(
+            Claim(s.protocol, s.first, s.last, s.ip, ClaimKind.LISTEN, self.uid, holder)
+            for s in specs
+        )
+
+    def _problem(self, message: str) -> None:
+        if self.strict:
+            raise PodShapeError(message)
+        self.problems.append(message)
+
+
+def decode_node(raw_node: Mapping[str, Any]) -> NodePorts:
+    """Decode a Node object's reserved and observed port annotations (leniently)."""
+    metadata = raw_node.get("metadata") if isinstance(raw_node, Mapping) else None
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+        raise WireError("Node without metadata.name")
+    name: str = metadata["name"]
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return NodePorts(name, ())
+    problems: list[str] = []
+    reserved = _node_claims(
+        name,
+        annotations=annotations,
+        key=RESERVED_ANNOTATION,
+        kind=ClaimKind.NODE_RESERVED,
+        owner=reserved_owner(name),
+        holder=f"a host daemon on the node ({RESERVED_ANNOTATION})",
+        problems=problems,
+    )
+    observed = _node_claims(
+        name,
+        annotations=annotations,
+        key=OBSERVED_ANNOTATION,
+        kind=ClaimKind.OBSERVED,
+        owner=observed_owner(name),
+        holder=f"a process observed listening on the host ({OBSERVED_ANNOTATION})",
+        problems=problems,
+    )
+    observed_at = None
+    stamp = annotations.get(OBSERVED_AT_ANNOTATION)
+    if isinstance(stamp, str) and stamp:
+        try:
+            observed_at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            problems.append(f"annotation {OBSERVED_AT_ANNOTATION}: {stamp!r} is not RFC 3339")
+    return NodePorts(name, reserved, observed, observed_at, tuple(problems))
+
+
+def _node_claims(
+    node: str,
+    *,
+    annotations: Mapping[str, Any],
+    key: str,
+    kind: ClaimKind,
+    owner: str,
+    holder: str,
+    problems: list[str],
+) -> tuple[Claim, ...]:
+    value = annotations.get(key)
+    if not isinstance(value, str):
+        return ()
+    specs, bad = parse_port_specs_lenient(value)
+    problems.extend(f"node {node} annotation {key}: {problem}" for problem in bad)
+    return tuple(Claim(s.protocol, s.first, s.last, s.ip, kind, owner, holder) for s in specs)
+
+
+def cluster_reserved_claims(text: str) -> tuple[Claim, ...]:
+    """Claims for the settings' cluster-wide reserved ports (strict: a typo is a startup error)."""
+    return tuple(
+        Claim(
+            s.protocol,
+            s.first,
+            s.last,
+            s.ip,
+            ClaimKind.CLUSTER_RESERVED,
+            "cluster:reserved",
+            "a host daemon on every node (cluster-wide reserved ports)",
+        )
+        for s in parse_port_specs(text)
+    )
+
+
+def _mapping(value: object, where: str, strict: bool) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    if strict:
+        raise PodShapeError(f"{where} must be an object, got {_type_name(value)}")
+    return {}
+
+
+def _sequence(value: object, where: str, strict: bool) -> Sequence[Any]:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return value
+    if strict:
+        raise PodShapeError(f"{where} must be a list, got {_type_name(value)}")
+    return ()
+
+
+def _text(value: object, where: str, strict: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if strict:
+        raise PodShapeError(f"{where} must be a string, got {_type_name(value)}")
+    return ""
+
+
+def _type_name(value: object) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,392 @@
+"""The port index: every host-level port claim in the cluster, per node, and the conflict rule.
+
+Pure: no asyncio, aiohttp, kubernetes or logging. Everything the scheduler asks ("which of these
+nodes would give this pod a host-port collision, and with whom?") is answered here from two
+inverted indexes, so a filter call costs O(ports of the pod x nodes holding those ports), never
+O(pods on a node) or O(all nodes):
+
+* `(protocol, port) -> {node: [claims]}` for single ports and narrow ranges (expanded);
+* `(protocol, first, last) -> {node: [claims]}` for wide ranges (a node reserving 30000-32767 must
+  not cost 2,768 entries per node), of which a cluster has few distinct ones.
+
+The conflict rule (`Claim.collides`): same protocol, overlapping ports, and overlapping addresses:
+equal after normalisation, or either side a wildcard ("", 0.0.0.0 and :: all normalise to "").
+A pod never conflicts with itself: callers pass the owners to ignore.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from extender.portspec import WILDCARD, PortSpec
+
+RANGE_EXPANSION_LIMIT = 64
+"""Ranges up to this many ports are expanded into the point index; wider ones stay ranges."""
+
+UDP_SWITCH_WINDOW_SECONDS = 600.0
+"""How long a UDP port that changed owner kind on a node counts as risky (stale conntrack)."""
+
+
+class ClaimKind(StrEnum):
+    """Where a claim comes from; the values are stable and appear in JSON output and metrics."""
+
+    HOST_PORT = "hostPort"
+    HOST_NETWORK = "hostNetwork"
+    LISTEN = "hostNetwork-annotated"
+    NODE_RESERVED = "node-reserved"
+    CLUSTER_RESERVED = "cluster-reserved"
+    OBSERVED = "observed"
+    IN_FLIGHT = "in-flight"
+
+    @property
+    def family(self) -> str:
+        """ "dnat" for iptables-DNAT claims, "socket" for real sockets on the host."""
+        return "dnat" if self in (ClaimKind.HOST_PORT, ClaimKind.IN_FLIGHT) else "socket"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One host-level hold on ports `first..last` of `protocol` at `ip` ("" = every address).
+
+    `owner` identifies what holds it for removal and self-exclusion (a pod UID, or
+    "node:<name>:reserved" and the like); `holder` is how a person names it in a rejection.
+    """
+
+    protocol: str
+    first: int
+    last: int
+    ip: str
+    kind: ClaimKind
+    owner: str
+    holder: str
+    reason: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.reason:
+            where = self.ip or "every address"
+            verb = "is held by" if self.kind is not ClaimKind.NODE_RESERVED else "is reserved by"
+            object.__setattr__(self, "reason", f"{self.spec} on {where} {verb} {self.holder}")
+
+    @property
+    def spec(self) -> str:
+        """The `PORT[-END]/PROTO` text of the claim."""
+        ports = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        return f"{ports}/{self.protocol}"
+
+    @property
+    def port_spec(self) -> PortSpec:
+        return PortSpec(self.protocol, self.first, self.last, self.ip)
+
+    def collides(self, other: Claim) -> bool:
+        """The conflict rule: same protocol, overlapping ports, overlapping addresses."""
+        return (
+            self.protocol == other.protocol
+            and self.first <= other.last
+            and other.first <= self.last
+            and (self.ip in (other.ip, WILDCARD) or other.ip == WILDCARD)
+        )
+
+
+def addresses_overlap(left: str, right: str) -> bool:
+    """Two normalised host IPs overlap when equal or when either is the wildcard."""
+    return left in (right, WILDCARD) or right == WILDCARD
+
+
+NodeClaims = dict[str, list[Claim]]
+
+
+@dataclass(slots=True)
+class _Owned:
+    node: str
+    claims: tuple[Claim, ...]
+
+
+class PortIndex:
+    """All host-level claims, by node, with inverted indexes for filtering.
+
+    Owners are replaced whole (`set_owner`), which is how both informer events and bindings
+    arrive: a pod's claims never change piecemeal.
+    """
+
+    def __init__(
+        self,
+        cluster_reserved: Sequence[Claim] = (),
+        clock: Callable[[], float] = time.monotonic,
+        udp_switch_window: float = UDP_SWITCH_WINDOW_SECONDS,
+    ) -> None:
+        self._points: dict[tuple[str, int], NodeClaims] = {}
+        self._ranges: dict[tuple[str, int, int], NodeClaims] = {}
+        self._owners: dict[str, _Owned] = {}
+        self._by_node: dict[str, dict[str, tuple[Claim, ...]]] = {}
+        self._pod_owner_count: dict[str, int] = {}
+        self.cluster_reserved: tuple[Claim, ...] = tuple(cluster_reserved)
+        self._clock = clock
+        self._udp_window = udp_switch_window
+        # port -> node -> (family, when) of the last UDP release, and when its owner kind switched.
+        self._udp_released: dict[int, dict[str, tuple[str, float]]] = {}
+        self._udp_switched: dict[int, dict[str, float]] = {}
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def set_owner(self, owner: str, node: str, claims: Iterable[Claim]) -> None:
+        """Make `claims` on `node` the whole holding of `owner` (empty: remove it)."""
+        new_claims = tuple(claims)
+        old = self._owners.get(owner)
+        if old is not None and old.node == node and old.claims == new_claims:
+            return
+        self.remove_owner(owner)
+        if not new_claims or not node:
+            return
+        self._owners[owner] = _Owned(node, new_claims)
+        self._by_node.setdefault(node, {})[owner] = new_claims
+        if _is_pod_kind(new_claims[0].kind):
+            self._pod_owner_count[node] = self._pod_owner_count.get(node, 0) + 1
+        now = self._clock()
+        for claim in new_claims:
+            self._insert(node, claim)
+            if claim.protocol == "UDP":
+                self._note_udp_arrival(node, claim, now)
+
+    def remove_owner(self, owner: str) -> None:
+        """Release everything `owner` holds; unknown owners are ignored."""
+        old = self._owners.pop(owner, None)
+        if old is None:
+            return
+        node_owners = self._by_node.get(old.node)
+        if node_owners is not None:
+            node_owners.pop(owner, None)
+            if not node_owners:
+                del self._by_node[old.node]
+        if _is_pod_kind(old.claims[0].kind):
+            remaining = self._pod_owner_count.get(old.node, 1) - 1
+            if remaining > 0:
+                self._pod_owner_count[old.node] = remaining
+            else:
+                self._pod_owner_count.pop(old.node, None)
+        now = self._clock()
+        for claim in old.claims:
+            self._discard(old.node, claim)
+            if claim.protocol == "UDP" and claim.kind is not ClaimKind.IN_FLIGHT:
+                for port in _udp_ports(claim):
+                    self._udp_released.setdefault(port, {})[old.node] = (claim.kind.family, now)
+
+    def owners(self) -> Iterator[tuple[str, str, tuple[Claim, ...]]]:
+        """Every (owner, node, claims) held."""
+        for owner, owned in self._owners.items():
+            yield owner, owned.node, owned.claims
+
+    def _insert(self, node: str, claim: Claim) -> None:
+        for table in self._tables_holding(claim):
+            table.setdefault(node, []).append(claim)
+
+    def _discard(self, node: str, claim: Claim) -> None:
+        for table in self._tables_holding(claim):
+            held = table.get(node)
+            if held is not None:
+                held.remove(claim)
+                if not held:
+                    del table[node]
+        # Drop emptied keys so the key scans in `_tables_for` stay proportional to what is held.
+        if claim.last - claim.first < RANGE_EXPANSION_LIMIT:
+            for port in range(claim.first, claim.last + 1):
+                if not self._points.get((claim.protocol, port), True):
+                    del self._points[(claim.protocol, port)]
+        elif not self._ranges.get((claim.protocol, claim.first, claim.last), True):
+            del self._ranges[(claim.protocol, claim.first, claim.last)]
+
+    def _tables_holding(self, claim: Claim) -> list[NodeClaims]:
+        """The node tables `claim` belongs in: one per port for narrow ranges, else one range."""
+        if claim.last - claim.first < RANGE_EXPANSION_LIMIT:
+            return [
+                self._points.setdefault((claim.protocol, port), {})
+                for port in range(claim.first, claim.last + 1)
+            ]
+        return [self._ranges.setdefault((claim.protocol, claim.first, claim.last), {})]
+
+    def _note_udp_arrival(self, node: str, claim: Claim, now: float) -> None:
+        if claim.kind is ClaimKind.IN_FLIGHT:
+            return
+        for port in _udp_ports(claim):
+            released = self._udp_released.get(port, {}).get(node)
+            if released is None:
+                continue
+            family, when = released
+            if family != claim.kind.family and now - when <= self._udp_window:
+                self._udp_switched.setdefault(port, {})[node] = now
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def node_names(self) -> list[str]:
+        """Nodes that hold at least one claim."""
+        return sorted(self._by_node)
+
+    def claims_on(self, node: str) -> list[Claim]:
+        """Every claim on `node` (cluster-wide reserved ports included), sorted for display."""
+        claims = [claim for held in self._by_node.get(node, {}).values() for claim in held]
+        claims.extend(self.cluster_reserved)
+        return sorted(claims, key=lambda c: (c.protocol, c.first, c.last, c.ip, c.holder))
+
+    def claims_of(self, owner: str) -> tuple[str, tuple[Claim, ...]] | None:
+        """(node, claims) held by `owner`, if any."""
+        owned = self._owners.get(owner)
+        return None if owned is None else (owned.node, owned.claims)
+
+    def host_port_pods_on(self, node: str) -> int:
+        """How many pods hold host-level ports on `node` (for spreading)."""
+        return self._pod_owner_count.get(node, 0)
+
+    @property
+    def pod_counts(self) -> dict[str, int]:
+        """node -> pods holding host-level ports there (read-only view for bulk scoring)."""
+        return self._pod_owner_count
+
+    def claim_count(self) -> int:
+        return sum(len(owned.claims) for owned in self._owners.values())
+
+    def fingerprint(self) -> frozenset[tuple[str, str, str, int, int, str, str]]:
+        """A comparable summary: (owner, node, protocol, first, last, ip, kind) of every claim."""
+        return frozenset(
+            (owner, owned.node, c.protocol, c.first, c.last, c.ip, c.kind.value)
+            for owner, owned in self._owners.items()
+            for c in owned.claims
+        )
+
+    def conflicts(
+        self,
+        wanted: Sequence[Claim],
+        candidates: Collection[str] | None = None,
+        ignore_owners: Collection[str] = (),
+    ) -> dict[str, Claim]:
+        """node -> the first claim there that collides with any of `wanted`.
+
+        `candidates` limits the answer to those nodes (None: every node). The work done is
+        O(min(nodes holding the port, candidates)) per wanted port.
+        """
+        found: dict[str, Claim] = {}
+        for want in wanted:
+            for reserved in self.cluster_reserved:
+                if want.collides(reserved) and reserved.owner not in ignore_owners:
+                    every = candidates if candidates is not None else self.node_names()
+                    for node in every:
+                        found.setdefault(node, reserved)
+                    break
+            for nodes in self._tables_for(want):
+                self._collect(want, nodes, candidates, ignore_owners, found)
+        return found
+
+    def conflicts_on(
+        self, node: str, wanted: Sequence[Claim], ignore_owners: Collection[str] = ()
+    ) -> list[tuple[Claim, Claim]]:
+        """Every (wanted, held) pair that collides on one node: for preemption and `who`."""
+        pairs: list[tuple[Claim, Claim]] = []
+        for want in wanted:
+            held_claims = [*self._by_node_claims(node), *self.cluster_reserved]
+            for held in held_claims:
+                if held.owner not in ignore_owners and want.collides(held):
+                    pairs.append((want, held))
+        return pairs
+
+    def _by_node_claims(self, node: str) -> Iterator[Claim]:
+        for held in self._by_node.get(node, {}).values():
+            yield from held
+
+    def _tables_for(self, want: Claim) -> Iterator[NodeClaims]:
+        span = want.last - want.first + 1
+        if span <= max(RANGE_EXPANSION_LIMIT, len(self._points)):
+            for port in range(want.first, want.last + 1):
+                nodes = self._points.get((want.protocol, port))
+                if nodes:
+                    yield nodes
+        else:
+            for (protocol, port), nodes in self._points.items():
+                if protocol == want.protocol and want.first <= port <= want.last:
+                    yield nodes
+        for (protocol, first, last), nodes in self._ranges.items():
+            if protocol == want.protocol and first <= want.last and want.first <= last:
+                yield nodes
+
+    @staticmethod
+    def _collect(
+        want: Claim,
+        nodes: NodeClaims,
+        candidates: Collection[str] | None,
+        ignore_owners: Collection[str],
+        found: dict[str, Claim],
+    ) -> None:
+        if candidates is not None and len(candidates) < len(nodes):
+            pairs: Iterable[tuple[str, list[Claim]]] = (
+                (node, nodes[node]) for node in candidates if node in nodes
+            )
+        else:
+            pairs = nodes.items()
+            if candidates is not None:
+                pairs = ((node, held) for node, held in pairs if node in candidates)
+        wildcard = want.ip == WILDCARD
+        for node, held in pairs:
+            if node in found:
+                continue
+            for claim in held:
+                if claim.owner in ignore_owners:
+                    continue
+                if (wildcard or claim.ip in (WILDCARD, want.ip)) and (
+                    claim.first <= want.last and want.first <= claim.last
+                ):
+                    found[node] = claim
+                    break
+
+    def udp_switch_risks(self, wanted: Sequence[Claim], family: str) -> dict[str, str]:
+        """node -> why placing a pod with `wanted` there risks stale UDP conntrack entries.
+
+        A node is risky when one of the pod's UDP ports changed owner kind there recently
+        (hostPort DNAT <-> host socket), or was released recently by an owner of the other kind
+        than `family` (placing this pod would make it change). Work is O(history of those ports).
+        """
+        now = self._clock()
+        risks: dict[str, str] = {}
+        for want in wanted:
+            if want.protocol != "UDP":
+                continue
+            for port in _udp_ports(want):
+                for node, switched in self._udp_switched.get(port, {}).items():
+                    if now - switched <= self._udp_window:
+                        risks.setdefault(
+                            node,
+                            f"{port}/UDP changed owner between hostPort and hostNetwork recently",
+                        )
+                for node, (old_family, when) in self._udp_released.get(port, {}).items():
+                    if old_family != family and now - when <= self._udp_window:
+                        risks.setdefault(
+                            node,
+                            f"{port}/UDP was released by a {_family_name(old_family)} owner "
+                            f"recently; a {_family_name(family)} owner would meet stale conntrack",
+                        )
+        return risks
+
+    def forget_udp_history(self) -> None:
+        """Drop UDP release/switch records older than the window, so history stays bounded."""
+        horizon = self._clock() - self._udp_window
+        for table in (self._udp_released, self._udp_switched):
+            for port in list(table):
+                nodes = table[port]
+                for node in [
+                    n for n, v in nodes.items() if (v[1] if isinstance(v, tuple) else v) < horizon
+                ]:
+                    del nodes[node]
+                if not nodes:
+                    del table[port]
+
+
+def _is_pod_kind(kind: ClaimKind) -> bool:
+    return kind in (ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN)
+
+
+def _udp_ports(claim: Claim) -> range:
+    """The UDP ports of a claim whose owner history we track (wide ranges: the first 64)."""
+    return range(claim.first, min(claim.last, claim.first + RANGE_EXPANSION_LIMIT - 1) + 1)
+
+
+def _family_name(family: str) -> str:
+    return "hostPort (DNAT)" if family == "dnat" else "host-network"

@@ -1,0 +1,162 @@
+"""`hostport-extender serve`: run the extender over a snapshot (or, in live mode, a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from extender.app import create_app
+from extender.binding import SnapshotBinder
+from extender.cluster import Cluster
+from extender.errors import ExtenderError
+from extender.readiness import AlwaysReady
+from extender.settings import Settings
+from extender.snapshot import load_objects
+
+log = logging.getLogger(__name__)
+
+SAMPLE_REQUEST = Path("config/samples/filter-pod-identity-agent.json")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve the extender protocol over HTTP",
+        description="Serve filter/prioritize/bind/preempt for a kube-scheduler.",
+    )
+    parser.add_argument(
+        "--snapshot",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="load Nodes and Pods from kubectl dumps instead of a live cluster",
+    )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="address to serve on (default 127.0.0.1:8888)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML settings file (keys as in extender/settings.py)",
+    )
+    parser.add_argument("--scheduler-name", help="only check pods of this schedulerName")
+    parser.add_argument(
+        "--fail-open",
+        action="store_true",
+        default=None,
+        help="when not ready, pass every node instead of answering an error",
+    )
+    parser.add_argument(
+        "--cluster-reserved-ports",
+        metavar="SPECS",
+        help="ports held by host daemons on every node, e.g. '10250,22'",
+    )
+    parser.add_argument(
+        "--protected-ports",
+        metavar="SPECS",
+        help="pods holding these ports are never evicted for a port",
+    )
+    parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.set_defaults(run=run)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExtenderError(f"--listen {text!r}: want HOST:PORT, e.g. 127.0.0.1:8888")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "scheduler_name": args.scheduler_name,
+        "fail_open": args.fail_open,
+        "cluster_reserved_ports": args.cluster_reserved_ports,
+        "protected_ports": args.protected_ports,
+        "max_body_bytes": args.max_body_bytes,
+    }
+    if args.listen:
+        overrides["listen_host"], overrides["listen_port"] = parse_listen(args.listen)
+    return Settings.from_sources(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = settings_from_args(args)
+    if not args.snapshot:
+        raise ExtenderError("live mode is not available yet: pass --snapshot FILE")
+    cluster = Cluster(settings)
+    objects = load_objects(args.snapshot)
+    cluster.nodes.replace(objects.nodes)
+    cluster.pods.replace(objects.pods)
+    app = create_app(cluster, settings, binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    summary = (
+        f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
+        f"({len(cluster.pods_by_uid)} with host-level ports) from "
+        + ", ".join(map(str, args.snapshot))
+    )
+    hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
+    asyncio.run(serve_app(app, settings, summary, hint))
+    return 0
+
+
+async def serve_app(
+    app: web.Application, settings: Settings, summary: str, sample_request: Path | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise ExtenderError(
+            f"cannot listen on {settings.listen_host}:{settings.listen_port}: {error.strerror}"
+        ) from error
+    base = f"http://{_url_host(settings.listen_host)}:{_bound_port(runner, settings)}"
+    print(f"hostport-extender serving {summary} on {base}", flush=True)
+    if sample_request is not None:
+        print(
+            "Try a rejection:\n"
+            f"  curl -s {base}/filter -H 'Content-Type: application/json' "
+            f"-d @{sample_request}",
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _bound_port(runner: web.AppRunner, settings: Settings) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return settings.listen_port

@@ -1,0 +1,89 @@
+"""Frozen settings, from command-line flags and an optional YAML file (flags win)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extender.errors import ExtenderError, PortSpecError
+from extender.portspec import parse_port_specs
+
+DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
+"""5,000 full Node objects of ~20 KiB each, with room to spare."""
+
+
+class SettingsError(ExtenderError):
+    """A setting with a value that cannot work; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the extender can be told. Field names double as YAML keys."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8888
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    scheduler_name: str | None = None
+    """Only pods with this spec.schedulerName are checked; others pass straight through."""
+    fail_open: bool = False
+    """When not ready: pass every node (True) or answer Error so the scheduler retries (False)."""
+    cluster_reserved_ports: str = ""
+    """Ports held by host daemons on every node, in the annotation syntax."""
+    protected_ports: str = ""
+    """Pods holding these ports are never evicted for a port (annotation syntax)."""
+    in_flight_ttl_seconds: float = 15.0
+    """How long a filtered pod's tentative reservation lasts without a bind."""
+    in_flight_wait_seconds: float = 0.5
+    """How long a filter call may wait for an in-flight pod to bind before answering."""
+    bound_reservation_ttl_seconds: float = 300.0
+    """Live mode: how long a bound pod's reservation waits for the watch to show it."""
+    observed_stale_seconds: float = 300.0
+    """Node-agent observations older than this stop counting."""
+    udp_switch_window_seconds: float = 600.0
+    """How long a UDP owner change (hostPort <-> hostNetwork) lowers a node's score."""
+
+    def __post_init__(self) -> None:
+        for name in ("cluster_reserved_ports", "protected_ports"):
+            try:
+                parse_port_specs(getattr(self, name))
+            except PortSpecError as error:
+                raise SettingsError(f"{name}: {error}") from error
+        if not 0 < self.listen_port < 65536 and self.listen_port != 0:
+            raise SettingsError(f"listen_port {self.listen_port} is outside 0-65535")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("max_body_bytes must be at least 1024")
+        for name in (
+            "in_flight_ttl_seconds",
+            "in_flight_wait_seconds",
+            "bound_reservation_ttl_seconds",
+            "observed_stale_seconds",
+            "udp_switch_window_seconds",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative")
+
+    @classmethod
+    def from_sources(cls, file: Path | None, overrides: Mapping[str, Any]) -> Settings:
+        """Settings from a YAML file (optional) with `overrides` (non-None values) on top."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                loaded = yaml.safe_load(file.read_text())
+            except (OSError, yaml.YAMLError) as error:
+                raise SettingsError(f"cannot read settings file {file}: {error}") from error
+            if loaded is not None and not isinstance(loaded, dict):
+                raise SettingsError(f"settings file {file} must hold a mapping")
+            values.update({str(k).replace("-", "_"): v for k, v in (loaded or {}).items()})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise SettingsError(str(error)) from error

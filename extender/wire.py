@@ -1,0 +1,252 @@
+"""The extender protocol on the wire: decode the scheduler's requests, encode our answers.
+
+Pure (bytes in, bytes out). Go's encoding/json writes the extender types' field names in
+PascalCase (they have no json tags) and decodes case-insensitively, so we emit exact PascalCase
+and accept any casing of the top-level keys. Nested Kubernetes objects keep their camelCase.
+Anything malformed raises WireError with a message fit for the scheduler's event log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from extender.errors import WireError
+
+RawDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Victims:
+    """The pods the scheduler proposes to evict on one node (by UID)."""
+
+    uids: tuple[str, ...]
+    pdb_violations: int
+
+
+def decode_body(body: bytes) -> RawDict:
+    """Parse a JSON object; the top-level keys are folded to lower case."""
+    if not body:
+        raise WireError("empty request body: want a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise WireError(f"malformed JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise WireError(f"request body must be a JSON object, got {_kind(value)}")
+    return {str(key).lower(): item for key, item in value.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ExtenderArgs:
+    """A filter or prioritize request.
+
+    `node_names` is always the candidate list; `node_items` holds the full Node objects when the
+    scheduler sent them (nodeCacheCapable: false), in the same order.
+    """
+
+    raw_pod: RawDict
+    node_names: list[str]
+    node_items: list[RawDict] | None
+    sent_names: bool
+
+
+def decode_extender_args(body: bytes) -> ExtenderArgs:
+    fields = decode_body(body)
+    raw_pod = fields.get("pod")
+    if raw_pod is None:
+        raise WireError("missing Pod")
+    if not isinstance(raw_pod, dict):
+        raise WireError(f"Pod must be an object, got {_kind(raw_pod)}")
+    names = fields.get("nodenames")
+    nodes = fields.get("nodes")
+    items: list[RawDict] | None = None
+    if nodes is not None:
+        if not isinstance(nodes, dict):
+            raise WireError(f"Nodes must be a NodeList object, got {_kind(nodes)}")
+        raw_items = nodes.get("items")
+        if raw_items is None:
+            raw_items = []
+        if not isinstance(raw_items, list):
+            raise WireError(f"Nodes.items must be a list, got {_kind(raw_items)}")
+        items = raw_items
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise WireError("NodeNames must be a list of strings")
+        return ExtenderArgs(raw_pod, names, items, sent_names=True)
+    if items is None:
+        raise WireError("missing NodeNames and Nodes: no candidate nodes given")
+    return ExtenderArgs(raw_pod, _names_of(items), items, sent_names=False)
+
+
+def _names_of(items: list[RawDict]) -> list[str]:
+    try:
+        names = [item["metadata"]["name"] for item in items]
+    except (KeyError, TypeError) as error:
+        raise WireError("every item of Nodes.items needs metadata.name") from error
+    if not all(isinstance(name, str) for name in names):
+        raise WireError("Nodes.items[].metadata.name must be strings")
+    return names
+
+
+def encode_filter_result(
+    args: ExtenderArgs,
+    passed: list[str],
+    unresolvable: Mapping[str, str],
+    error: str = "",
+) -> bytes:
+    """The ExtenderFilterResult, in the shape the scheduler asked in; NodeNames never omitted
+    when names were sent (an omitted list would reject every node)."""
+    result: RawDict = {
+        "FailedNodes": {},
+        "FailedAndUnresolvableNodes": unresolvable,
+        "Error": error,
+    }
+    if args.sent_names or args.node_items is None:
+        result["NodeNames"] = passed
+    if args.node_items is not None:
+        if len(passed) == len(args.node_items):
+            kept = args.node_items
+        else:
+            keep = set(passed)
+            kept = [
+                item
+                for item, name in zip(args.node_items, args.node_names, strict=True)
+                if name in keep
+            ]
+        result["Nodes"] = {"metadata": {}, "items": kept}
+    return orjson.dumps(result)
+
+
+def encode_filter_error(args: ExtenderArgs | None, message: str) -> bytes:
+    """A filter answer that the scheduler treats as a failed call (it retries the pod)."""
+    result: RawDict = {"FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": message}
+    if args is None or args.sent_names or args.node_items is None:
+        result["NodeNames"] = []
+    else:
+        result["Nodes"] = {"metadata": {}, "items": []}
+    return orjson.dumps(result)
+
+
+def encode_priorities(scores: Sequence[tuple[str, int]]) -> bytes:
+    """A HostPriorityList: `[{"Host": ..., "Score": ...}]`."""
+    return orjson.dumps([{"Host": host, "Score": score} for host, score in scores])
+
+
+@dataclass(frozen=True, slots=True)
+class BindingArgs:
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+
+def decode_binding_args(body: bytes) -> BindingArgs:
+    fields = decode_body(body)
+    values: dict[str, str] = {}
+    for key, label in (
+        ("podname", "PodName"),
+        ("podnamespace", "PodNamespace"),
+        ("poduid", "PodUID"),
+        ("node", "Node"),
+    ):
+        value = fields.get(key)
+        if not isinstance(value, str) or (not value and key != "poduid"):
+            raise WireError(f"{label} must be a non-empty string")
+        values[key] = value
+    return BindingArgs(values["podname"], values["podnamespace"], values["poduid"], values["node"])
+
+
+def encode_binding_result(error: str = "") -> bytes:
+    return orjson.dumps({"Error": error})
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptionArgs:
+    raw_pod: RawDict
+    proposals: dict[str, Victims]
+
+
+def decode_preemption_args(body: bytes) -> PreemptionArgs:
+    fields = decode_body(body)
+    raw_pod = fields.get("pod")
+    if not isinstance(raw_pod, dict):
+        raise WireError("missing Pod" if raw_pod is None else "Pod must be an object")
+    proposals: dict[str, Victims] = {}
+    meta = fields.get("nodenametometavictims")
+    full = fields.get("nodenametovictims")
+    if meta is not None:
+        proposals.update(_victims(meta, "NodeNameToMetaVictims", _meta_pod_uid))
+    if full is not None:
+        for node, victims in _victims(full, "NodeNameToVictims", _full_pod_uid).items():
+            proposals.setdefault(node, victims)
+    return PreemptionArgs(raw_pod, proposals)
+
+
+def _victims(value: object, label: str, uid_of: Any) -> dict[str, Victims]:
+    if not isinstance(value, dict):
+        raise WireError(f"{label} must be an object keyed by node name")
+    result: dict[str, Victims] = {}
+    for node, raw in value.items():
+        if raw is None:
+            result[node] = Victims((), 0)
+            continue
+        if not isinstance(raw, dict):
+            raise WireError(f"{label}[{node!r}] must be an object")
+        lowered = {str(k).lower(): v for k, v in raw.items()}
+        pods = lowered.get("pods") or []
+        violations = lowered.get("numpdbviolations") or 0
+        if not isinstance(pods, list) or not isinstance(violations, int):
+            raise WireError(f"{label}[{node!r}] needs Pods (a list) and NumPDBViolations")
+        result[node] = Victims(tuple(uid_of(pod, label, node) for pod in pods), violations)
+    return result
+
+
+def _meta_pod_uid(pod: object, label: str, node: str) -> str:
+    if isinstance(pod, dict):
+        for key, value in pod.items():
+            if str(key).lower() == "uid" and isinstance(value, str):
+                return value
+    raise WireError(f"{label}[{node!r}].Pods[] entries need a UID")
+
+
+def _full_pod_uid(pod: object, label: str, node: str) -> str:
+    if isinstance(pod, dict):
+        metadata = pod.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("uid"), str):
+            return str(metadata["uid"])
+    raise WireError(f"{label}[{node!r}].Pods[] entries need metadata.uid")
+
+
+def encode_preemption_result(kept: Mapping[str, Victims]) -> bytes:
+    """Always NodeNameToMetaVictims (UIDs), whatever the scheduler sent."""
+    return orjson.dumps(
+        {
+            "NodeNameToMetaVictims": {
+                node: {
+                    "Pods": [{"UID": uid} for uid in victims.uids],
+                    "NumPDBViolations": victims.pdb_violations,
+                }
+                for node, victims in kept.items()
+            }
+        }
+    )
+
+
+def encode_error(message: str) -> bytes:
+    return orjson.dumps({"Error": message})
+
+
+def _kind(value: object) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), "a value")
