@@ -115,7 +115,8 @@ async def serve(host: str, port: int) -> None:
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        print(f"null extender listening on {site.name}", flush=True)
+        bound = runner.addresses[0]
+        print(f"null extender listening on http://{host}:{bound[1]}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
