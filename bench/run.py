@@ -234,8 +234,7 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run everything, write the reports."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description="Benchmark hostport-extender against a null one."
     )
@@ -247,7 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--payloads", type=Path, default=bodies.DEFAULT_PAYLOADS)
     parser.add_argument("--skip-ingest", action="store_true", help="HTTP figures only")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run ours under pyinstrument (bench/profile_server.py); figures are not published",
+    )
+    parser.add_argument(
+        "--drop-snapshot", action="store_true", help="with --profile: free the raw snapshot"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run everything, write the reports."""
+    args = _parser().parse_args(argv)
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     try:
@@ -271,11 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot_mb": snapshot.stat().st_size / 1e6,
     }
     found = scenarios(plan, spec, templates)
+    ours_command = servers.ours_command(snapshot)
+    if args.profile:
+        context["mode"] += " (ours profiled)"
+        ours_command = servers.profiled_command(snapshot, args.out / "profile" / "ours")
+        if args.drop_snapshot:
+            ours_command.append("--drop-snapshot")
     logs = args.out / "logs"
     try:
         with (
             servers.running("null", servers.null_command(), logs) as null,
-            servers.running("ours", servers.ours_command(snapshot), logs) as ours,
+            servers.running("ours", ours_command, logs) as ours,
         ):
             context["startup_ours_s"] = ours.startup_s
             context["startup_null_s"] = null.startup_s
@@ -295,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     table = report.markdown(lines, command, context)
     (args.out / "report.md").write_text(table)
     report.plot(lines, args.out / "filter-latency.png")
-    if args.docs is not None:
+    if args.profile:
+        print(f"profile of ours: {args.out / 'profile' / 'ours.txt'} (and .html)")
+    elif args.docs is not None:
         args.docs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.out / "report.md", args.docs / "report.md")
         shutil.copyfile(args.out / "filter-latency.png", args.docs / "filter-latency.png")

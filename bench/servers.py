@@ -45,6 +45,21 @@ def ours_command(snapshot: Path) -> list[str]:
     return [str(executable), "serve", "--snapshot", str(snapshot), "--listen", "127.0.0.1:0"]
 
 
+def profiled_command(snapshot: Path, out: Path) -> list[str]:
+    """Our server built the same way, serving under pyinstrument (see bench/profile_server.py)."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.profile_server",
+        "--snapshot",
+        str(snapshot),
+        "--listen",
+        "127.0.0.1:0",
+        "--out",
+        str(out),
+    ]
+
+
 def null_command() -> list[str]:
     """The baseline null extender."""
     return [sys.executable, "-m", "bench.null_extender", "--listen", "127.0.0.1:0"]
