@@ -11,10 +11,12 @@ hit ours and the baseline alike: ratios from the same rounds are what we compare
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,17 +101,30 @@ class SerialClient:
     def run(self, call: Call, count: int, timings: Timings) -> None:
         """Send `call` `count` times back to back, adding to `timings`."""
         clock = time.perf_counter
-        started = clock()
-        for _ in range(count):
-            before = clock()
-            try:
-                self.send(call)
-            except CallError as error:
-                timings.errors += 1
-                timings.last_error = str(error)
-                continue
-            timings.latencies_s.append(clock() - before)
-        timings.wall_s += clock() - started
+        with _client_gc_paused():
+            started = clock()
+            for _ in range(count):
+                before = clock()
+                try:
+                    self.send(call)
+                except CallError as error:
+                    timings.errors += 1
+                    timings.last_error = str(error)
+                    continue
+                timings.latencies_s.append(clock() - before)
+            timings.wall_s += clock() - started
+
+
+@contextmanager
+def _client_gc_paused() -> Iterator[None]:
+    """The client's own garbage collector must not add pauses to the server's latencies."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def measure_serial(

@@ -169,20 +169,20 @@ def markdown(lines: Sequence[Line], command: str, context: Line) -> str:
 
 
 def plot(lines: Sequence[Line], path: Path) -> None:
-    """Filter latency against node count, ours and the baseline, p50 solid and p99 dashed."""
+    """Filter latency against node count, ours and the baseline: p50 left, p99 right."""
     import matplotlib  # noqa: PLC0415 (only `make bench` installs it: keep other imports cheap)
 
     matplotlib.use("Agg")
     from matplotlib import pyplot  # noqa: PLC0415 (after choosing the headless backend)
 
-    figure, axes = pyplot.subplots(figsize=(8, 5), dpi=110)
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharex=True)
     styles = {
-        (OURS, "filter-names-hostport"): ("tab:red", "ours, host-port pod"),
-        (OURS, "filter-names-plain"): ("tab:orange", "ours, pod without host ports"),
-        (NULL, "filter-names-hostport"): ("tab:blue", "null extender, host-port pod"),
-        (NULL, "filter-names-plain"): ("tab:cyan", "null extender, pod without host ports"),
+        (OURS, "filter-names-hostport"): ("tab:red", "-o", "ours, pod with host ports"),
+        (OURS, "filter-names-plain"): ("tab:orange", "-s", "ours, pod without host ports"),
+        (NULL, "filter-names-hostport"): ("tab:blue", "--o", "null extender, pod with host ports"),
+        (NULL, "filter-names-plain"): ("tab:cyan", "--s", "null extender, pod without"),
     }
-    for (server, scenario), (colour, label) in styles.items():
+    for (server, scenario), (colour, style, label) in styles.items():
         points = sorted(
             (line["nodes"], line["p50_ms"], line["p99_ms"])
             for line in lines
@@ -194,15 +194,17 @@ def plot(lines: Sequence[Line], path: Path) -> None:
         if not points:
             continue
         xs = [p[0] for p in points]
-        axes.plot(xs, [p[1] for p in points], "-o", color=colour, label=f"{label} (p50)")
-        axes.plot(xs, [p[2] for p in points], "--", color=colour, alpha=0.6, label="p99")
-    axes.axhline(2.0, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_xlabel("nodes in the filter call (NodeNames)")
-    axes.set_ylabel("latency, ms (client-side, keep-alive loopback)")
-    axes.set_title("filter latency against node count (serial, as the scheduler calls)")
-    axes.set_ylim(bottom=0)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, ncols=2)
+        left.plot(xs, [p[1] for p in points], style, color=colour, label=label)
+        right.plot(xs, [p[2] for p in points], style, color=colour, label=label)
+    right.axhline(2.0, color="grey", linewidth=0.8, linestyle=":", label="p99 target, 2 ms")
+    for axes, title in ((left, "p50"), (right, "p99")):
+        axes.set_title(f"filter latency, {title} (serial keep-alive calls on loopback)")
+        axes.set_xlabel("nodes in the call (NodeNames)")
+        axes.set_ylabel("ms, client-side")
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="upper left")
+    right.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
