@@ -1,7 +1,7 @@
 """Ingest and memory: load a big cluster into the index, then apply watch events, in one process.
 
 Run as its own process (`python -m bench.ingest ...`, prints one JSON line) so that peak RSS
-(`resource.getrusage`) is the index's and not the driver's. Objects arrive as an informer gets
+(VmHWM) is the index's and not the driver's. Objects arrive as an informer gets
 them: pages of 500 encoded as JSON, decoded with orjson and fed one by one to the cluster's sinks,
 so no more than one page of raw objects is alive at a time; generating and encoding a page is not
 timed. Watch events are pre-decoded dicts fed to `cluster.pods.upsert/delete`.
@@ -35,7 +35,15 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    """Peak resident memory of this process so far: VmHWM, the high-water mark of its memory.
+
+    Not `getrusage().ru_maxrss`: on Linux that survives fork and exec, so a child started by a
+    big parent (our driver holds megabytes of request bodies) reports the parent's peak.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
@@ -133,7 +141,7 @@ def run(spec: ClusterSpec, event_count: int) -> IngestResult:
     rss_before = rss_mb()
     cluster, decode_s, index_s = load(spec)
     rss_after = rss_mb()
-    peak = max(peak_rss_mb(), rss_after)  # ru_maxrss lags behind /proc by a little
+    peak = peak_rss_mb()
 
     events = watch_events(spec, event_count)
     upsert, delete = cluster.pods.upsert, cluster.pods.delete

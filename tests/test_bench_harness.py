@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bench import bodies, driver, report, servers
-from bench.generate import ClusterSpec, generate_node, node_name
+from bench.generate import DAEMONSETS, ClusterSpec, generate_node, node_name
 from bench.null_extender import create_app, parse_listen
 
 AiohttpClient = Any  # pytest-aiohttp's fixture factory has no public type
@@ -207,3 +208,18 @@ def test_targets_are_judged_on_ratios_to_the_baseline() -> None:
     assert not found["filter, 5,000 NodeNames, pod without host ports: p50 / null p50"].met
     events = report.Target("watch events applied", 40_000, 50_000, "events/s", at_least=True)
     assert not events.met
+
+
+def test_ingest_runs_in_its_own_process_and_reports_one_json_line() -> None:
+    """`python -m bench.ingest` loads the cluster, applies the events and reports the figures."""
+    command = [sys.executable, "-m", "bench.ingest", "--nodes=20", "--pods-per-node=30"]
+    done = subprocess.run(
+        [*command, "--events=2000"], capture_output=True, cwd=servers.REPO, check=True
+    )
+    line = orjson.loads(done.stdout)
+    assert (line["nodes"], line["pods"], line["events"]) == (20, 600, 2000)
+    assert 20 * len(DAEMONSETS[2:]) <= line["pods_with_host_ports"] < 600
+    assert line["index_s"] > 0
+    assert line["decode_s"] > 0
+    assert line["events_per_s"] > 0
+    assert line["rss_before_mb"] < line["rss_after_mb"] <= line["peak_rss_mb"]
