@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from extender import __version__, serve
+from extender import __version__, agent, certs_cli, serve, webhook_cli
 from extender.errors import ExtenderError
 
-COMMANDS: tuple[ModuleType, ...] = (serve,)
+COMMANDS: tuple[ModuleType, ...] = (serve, webhook_cli, certs_cli, agent)
 
 
 def build_parser() -> argparse.ArgumentParser:

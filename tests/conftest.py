@@ -1,0 +1,52 @@
+"""Shared fixtures: where the captured payloads live, and an extender on a real loopback server."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from extender.app import create_app
+from extender.binding import Binder, SnapshotBinder
+from extender.cluster import Cluster
+from extender.readiness import AlwaysReady, Readiness
+from extender.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PAYLOADS = SHARED / "payloads"
+
+ExtenderClient = TestClient[web.Request, web.Application]
+MakeExtender = Callable[..., Awaitable[tuple[ExtenderClient, Cluster]]]
+
+
+@pytest.fixture
+def make_extender(aiohttp_client: Any) -> MakeExtender:
+    """Start the extender app on 127.0.0.1 (a real server and client) over a given cluster."""
+
+    async def start(
+        nodes: list[dict[str, Any]] | None = None,
+        pods: list[dict[str, Any]] | None = None,
+        *,
+        binder: Binder | None = None,
+        readiness: Readiness | None = None,
+        **settings: Any,
+    ) -> tuple[ExtenderClient, Cluster]:
+        config = Settings(**settings)
+        cluster = Cluster(config)
+        cluster.nodes.replace(nodes or [])
+        cluster.pods.replace(pods or [])
+        app = create_app(
+            cluster,
+            config,
+            binder=binder or SnapshotBinder(cluster),
+            readiness=readiness or AlwaysReady(),
+        )
+        client: ExtenderClient = await aiohttp_client(app)
+        return client, cluster
+
+    return start

@@ -1,0 +1,173 @@
+"""Raw pod and node JSON -> port claims, mirroring the API's defaulting and the scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from extender.errors import WireError
+from extender.pods import (
+    ListenAnnotationError,
+    PodShapeError,
+    decode_node,
+    decode_pod,
+)
+from extender.ports import ClaimKind
+from tests.objects import node, pod, port
+
+
+def summary(raw: dict[str, Any]) -> list[tuple[str, int, int, str, str]]:
+    record = decode_pod(raw)
+    return [(c.protocol, c.first, c.last, c.ip, c.kind.value) for c in record.claims]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (pod("plain", ports=[port(8080)]), []),
+        (pod("hp", ports=[port(8080, 18080)]), [("TCP", 18080, 18080, "", "hostPort")]),
+        (pod("udp", ports=[port(8125, 8125, "UDP")]), [("UDP", 8125, 8125, "", "hostPort")]),
+        (
+            pod("ip", ports=[port(80, 80, "TCP", "10.0.0.1")]),
+            [("TCP", 80, 80, "10.0.0.1", "hostPort")],
+        ),
+        (pod("zero", ports=[port(80, 80, host_ip="0.0.0.0")]), [("TCP", 80, 80, "", "hostPort")]),
+        (pod("v6any", ports=[port(80, 80, host_ip="::")]), [("TCP", 80, 80, "", "hostPort")]),
+        # hostNetwork: containerPort becomes the host port, as the API's defaulting does.
+        (
+            pod("hn", host_network=True, ports=[port(9100)]),
+            [("TCP", 9100, 9100, "", "hostNetwork")],
+        ),
+        (
+            pod("hn-explicit", host_network=True, ports=[port(9091, 9091)]),
+            [("TCP", 9091, 9091, "", "hostNetwork")],
+        ),
+        (pod("hn-none", host_network=True), []),
+        # Native sidecars hold their ports like containers.
+        (
+            pod("sidecar", sidecar_ports=[port(15001, 15001)]),
+            [("TCP", 15001, 15001, "", "hostPort")],
+        ),
+        # Undeclared listeners of a hostNetwork pod.
+        (
+            pod(
+                "listen",
+                host_network=True,
+                annotations={"hostports.dev/listen": "80/TCP@169.254.170.23, 80/TCP@fd00:ec2::23"},
+            ),
+            [
+                ("TCP", 80, 80, "169.254.170.23", "hostNetwork-annotated"),
+                ("TCP", 80, 80, "fd00:ec2::23", "hostNetwork-annotated"),
+            ],
+        ),
+        # Without hostNetwork the listen annotation claims nothing.
+        (pod("listen-no-hn", annotations={"hostports.dev/listen": "80"}), []),
+        # Terminal pods hold nothing; terminating ones still hold their ports.
+        (pod("done", ports=[port(80, 80)], phase="Succeeded"), []),
+        (pod("failed", ports=[port(80, 80)], phase="Failed"), []),
+        (pod("leaving", ports=[port(80, 80)], deleting=True), [("TCP", 80, 80, "", "hostPort")]),
+    ],
+)
+def test_claims_of_a_pod(
+    raw: dict[str, Any], expected: list[tuple[str, int, int, str, str]]
+) -> None:
+    """Which host-level ports a pod holds."""
+    assert summary(raw) == expected
+
+
+def test_plain_init_container_ports_are_needed_but_not_held() -> None:
+    """A plain init container's hostPort must be free at start but is released afterwards."""
+    record = decode_pod(pod("init", init_ports=[port(7000, 7000)]))
+    assert record.claims == ()
+    assert [(c.first, c.kind) for c in record.init_claims] == [(7000, ClaimKind.HOST_PORT)]
+    assert [c.first for c in record.wanted] == [7000]
+
+
+def test_listen_annotation_on_non_host_network_pod_is_reported() -> None:
+    """The ignored annotation is reported once as a problem, so it can be logged."""
+    record = decode_pod(pod("x", annotations={"hostports.dev/listen": "80"}))
+    assert record.problems
+    assert "does not use hostNetwork" in record.problems[0]
+
+
+def test_invalid_listen_annotation_strict_and_lenient() -> None:
+    """Strict (the pod being scheduled) raises quoting the entry; lenient keeps the good entries."""
+    raw = pod("bad", host_network=True, annotations={"hostports.dev/listen": "80, 99999/TCP"})
+    with pytest.raises(ListenAnnotationError, match="'99999/TCP'"):
+        decode_pod(raw, strict=True)
+    record = decode_pod(raw)
+    assert [c.first for c in record.claims] == [80]
+    assert "99999" in record.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda p: p["spec"].__setitem__("containers", "nope"), "containers must be a list"),
+        (
+            lambda p: p["spec"]["containers"][0].__setitem__(
+                "ports", [{"containerPort": 80, "hostPort": "80"}]
+            ),
+            "hostPort must be an integer",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0].__setitem__(
+                "ports", [{"containerPort": 80, "hostPort": 80, "protocol": "HTTP"}]
+            ),
+            "unknown protocol",
+        ),
+        (lambda p: p.__setitem__("metadata", []), "metadata must be an object"),
+        (
+            lambda p: p["spec"]["containers"][0].__setitem__(
+                "ports", [{"containerPort": 1, "hostPort": 70000}]
+            ),
+            "outside 1-65535",
+        ),
+    ],
+)
+def test_strict_decoding_reports_wrong_shapes(mutate: Any, fragment: str) -> None:
+    """A malformed pod in a request is a clear error naming the field; lenient skips it."""
+    raw = pod("p", ports=[port(80, 80)])
+    mutate(raw)
+    with pytest.raises(PodShapeError, match=fragment):
+        decode_pod(raw, strict=True)
+    decode_pod(raw)  # never raises for objects already in the cluster
+
+
+def test_protected_annotation() -> None:
+    """hostports.dev/protected: "true" marks a pod as never evicted for a port."""
+    assert decode_pod(pod("p", annotations={"hostports.dev/protected": "true"})).protected
+    assert not decode_pod(pod("p", annotations={"hostports.dev/protected": "no"})).protected
+
+
+def test_node_reserved_and_observed_annotations() -> None:
+    """Nodes carry reserved daemons' ports and the agent's observations with their timestamp."""
+    record = decode_node(
+        node(
+            "n1",
+            {
+                "hostports.dev/reserved": "10250,22, oops",
+                "hostports.dev/observed": "2703/TCP@127.0.0.1,8125/UDP",
+                "hostports.dev/observed-at": "2026-11-24T20:00:00Z",
+            },
+        )
+    )
+    assert [(c.first, c.kind) for c in record.reserved] == [
+        (10250, ClaimKind.NODE_RESERVED),
+        (22, ClaimKind.NODE_RESERVED),
+    ]
+    assert [(c.first, c.ip, c.protocol) for c in record.observed] == [
+        (2703, "127.0.0.1", "TCP"),
+        (8125, "", "UDP"),
+    ]
+    assert record.observed_at == pytest.approx(1795550400.0)
+    assert record.problems
+    assert "'oops'" in record.problems[0]
+    assert "observed listening on the host" in record.observed[0].reason
+
+
+def test_node_without_name_is_an_error() -> None:
+    """A Node without metadata.name cannot be indexed."""
+    with pytest.raises(WireError):
+        decode_node({"metadata": {}})

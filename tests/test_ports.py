@@ -1,0 +1,229 @@
+"""The port index and the conflict rule: table-driven cases and a property test against a model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.ports import RANGE_EXPANSION_LIMIT, Claim, ClaimKind, PortIndex
+from extender.portspec import WILDCARD
+
+
+def claim(
+    spec: str,
+    ip: str = WILDCARD,
+    *,
+    owner: str = "held",
+    kind: ClaimKind = ClaimKind.HOST_PORT,
+    holder: str = "hostPort pod ns/held",
+) -> Claim:
+    ports, _, protocol = spec.partition("/")
+    first, _, last = ports.partition("-")
+    return Claim(protocol or "TCP", int(first), int(last or first), ip, kind, owner, holder)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "held", "collides"),
+    [
+        (claim("80"), claim("80"), True),
+        (claim("80/TCP"), claim("80/UDP"), False),
+        (claim("80/UDP"), claim("80/UDP"), True),
+        (claim("80/SCTP"), claim("80/TCP"), False),
+        (claim("80"), claim("81"), False),
+        (claim("80", "10.0.0.1"), claim("80"), True),  # specific vs wildcard
+        (claim("80"), claim("80", "10.0.0.1"), True),  # wildcard vs specific
+        (claim("80", "10.0.0.1"), claim("80", "10.0.0.2"), False),
+        (claim("80", "169.254.170.23"), claim("80", "fd00:ec2::23"), False),
+        (claim("80", "fd00:ec2::23"), claim("80", "fd00:ec2::23"), True),
+        (claim("80", "10.0.0.1"), claim("80", "10.0.0.1"), True),
+        (claim("30050"), claim("30000-30100"), True),  # inside a range
+        (claim("29999"), claim("30000-30100"), False),
+        (claim("30100-30200"), claim("30000-30100"), True),  # ranges touching at one port
+        (claim("8125/UDP", "10.0.0.1"), claim("8125-8126/UDP", "10.0.0.2"), False),
+    ],
+)
+def test_conflict_rule(wanted: Claim, held: Claim, collides: bool) -> None:
+    """Same protocol, overlapping ports, overlapping addresses (equal or a wildcard)."""
+    assert wanted.collides(held) is collides
+    assert held.collides(wanted) is collides  # the rule is symmetric
+    index = PortIndex()
+    index.set_owner(held.owner, "n1", [held])
+    assert (index.conflicts([wanted]) == {"n1": held}) is collides
+
+
+def test_reason_names_port_protocol_address_and_holder() -> None:
+    """The reason an operator reads says which port, on which address, held by whom."""
+    held = claim(
+        "80",
+        "169.254.170.23",
+        kind=ClaimKind.LISTEN,
+        holder="hostNetwork pod kube-system/eks-pod-identity-agent-x7k2",
+    )
+    assert held.reason == (
+        "80/TCP on 169.254.170.23 is held by "
+        "hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
+    )
+    assert claim("8125/UDP").reason.startswith("8125/UDP on every address is held by")
+
+
+def test_a_pod_never_conflicts_with_itself() -> None:
+    """Claims of the owners passed in `ignore_owners` do not count."""
+    index = PortIndex()
+    index.set_owner("pod-a", "n1", [claim("80", owner="pod-a")])
+    assert index.conflicts([claim("80", owner="pod-a")], ignore_owners={"pod-a"}) == {}
+    assert "n1" in index.conflicts([claim("80", owner="pod-b")])
+
+
+def test_candidates_limit_the_answer_both_ways() -> None:
+    """Only candidate nodes are reported, whether few candidates or few holders."""
+    index = PortIndex()
+    for number in range(50):
+        index.set_owner(f"p{number}", f"n{number}", [claim("80", owner=f"p{number}")])
+    assert set(index.conflicts([claim("80")], candidates={"n1", "n2", "other"})) == {"n1", "n2"}
+    everyone = {f"n{i}" for i in range(100)}
+    assert set(index.conflicts([claim("80")], candidates=everyone)) == {f"n{i}" for i in range(50)}
+
+
+def test_replacing_and_removing_owners_releases_ports() -> None:
+    """set_owner replaces an owner's claims whole; remove_owner releases them all."""
+    index = PortIndex()
+    index.set_owner("p", "n1", [claim("80", owner="p"), claim("443", owner="p")])
+    index.set_owner("p", "n2", [claim("8080", owner="p")])
+    assert index.conflicts([claim("80")]) == {}
+    assert set(index.conflicts([claim("8080")])) == {"n2"}
+    index.remove_owner("p")
+    assert index.conflicts([claim("8080")]) == {}
+    assert index.claim_count() == 0
+    assert index.node_names() == []
+
+
+def test_wide_ranges_are_kept_as_ranges_and_still_conflict() -> None:
+    """A node reserving 30000-32767 costs one entry, and every port inside it conflicts."""
+    index = PortIndex()
+    wide = claim("30000-32767", owner="node:n1:reserved", kind=ClaimKind.NODE_RESERVED)
+    index.set_owner(wide.owner, "n1", [wide])
+    assert RANGE_EXPANSION_LIMIT <= 32767 - 30000
+    assert index.conflicts([claim("31000")]) == {"n1": wide}
+    assert index.conflicts([claim("29000-30000")]) == {"n1": wide}
+    assert index.conflicts([claim("32768")]) == {}
+    index.remove_owner(wide.owner)
+    assert index.conflicts([claim("31000")]) == {}
+
+
+def test_cluster_reserved_ports_block_every_candidate() -> None:
+    """Cluster-wide reserved ports conflict on every node asked about."""
+    reserved = claim("10250", owner="cluster:reserved", kind=ClaimKind.CLUSTER_RESERVED)
+    index = PortIndex(cluster_reserved=[reserved])
+    assert index.conflicts([claim("10250")], candidates=["a", "b"]) == {
+        "a": reserved,
+        "b": reserved,
+    }
+    assert index.conflicts([claim("10251")], candidates=["a"]) == {}
+
+
+def test_conflicts_on_lists_every_pair_for_one_node() -> None:
+    """conflicts_on reports each (wanted, held) pair, for preemption and `who`."""
+    index = PortIndex()
+    index.set_owner("a", "n1", [claim("80", owner="a")])
+    index.set_owner("b", "n1", [claim("80", "10.0.0.1", owner="b")])
+    pairs = index.conflicts_on("n1", [claim("80", owner="me")])
+    assert {held.owner for _, held in pairs} == {"a", "b"}
+
+
+def test_udp_owner_switch_is_remembered_for_the_window() -> None:
+    """A UDP port moving between hostPort and hostNetwork marks the node risky for a while."""
+    now = [1000.0]
+    index = PortIndex(clock=lambda: now[0], udp_switch_window=600)
+    dnat = claim("8125/UDP", owner="old", kind=ClaimKind.HOST_PORT)
+    index.set_owner("old", "n1", [dnat])
+    index.remove_owner("old")
+    # A host-network pod now would meet the old DNAT conntrack entries.
+    assert "n1" in index.udp_switch_risks([claim("8125/UDP")], family="socket")
+    assert index.udp_switch_risks([claim("8125/UDP")], family="dnat") == {}
+    sock = claim("8125/UDP", owner="new", kind=ClaimKind.HOST_NETWORK)
+    index.set_owner("new", "n1", [sock])
+    assert "changed owner" in index.udp_switch_risks([claim("8125/UDP")], family="dnat")["n1"]
+    now[0] += 601
+    assert index.udp_switch_risks([claim("8125/UDP")], family="dnat") == {}
+    index.forget_udp_history()
+    assert index.udp_switch_risks([claim("8125/UDP")], family="socket") == {}
+
+
+# --- property test: the index against a brute-force model -------------------------------------
+
+NODES = ["n1", "n2", "n3"]
+IPS = [WILDCARD, "10.0.0.1", "10.0.0.2", "fd00::1"]
+claims_strategy = st.builds(
+    lambda proto, first, span, ip: (proto, first, first + span, ip),
+    st.sampled_from(["TCP", "UDP"]),
+    st.integers(1, 200),
+    st.sampled_from([0, 0, 0, 3, RANGE_EXPANSION_LIMIT + 10]),
+    st.sampled_from(IPS),
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("set"),
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.sampled_from(NODES),
+            st.lists(claims_strategy, max_size=3),
+        ),
+        st.tuples(st.just("remove"), st.sampled_from(["a", "b", "c", "d"])),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    operations,
+    st.lists(claims_strategy, min_size=1, max_size=3),
+    st.sets(st.sampled_from([*NODES, "n4"])) | st.none(),
+    st.sampled_from(["a", "zz"]),
+)
+def test_index_matches_brute_force_model(
+    ops: list[tuple[object, ...]],
+    wanted_specs: list[tuple[str, int, int, str]],
+    candidates: set[str] | None,
+    me: str,
+) -> None:
+    """After any sequence of writes, conflicts() equals a naive scan of every live claim."""
+    index = PortIndex()
+    model: dict[str, tuple[str, list[Claim]]] = {}
+    for op in ops:
+        if op[0] == "set":
+            _, owner, node, specs = op
+            assert isinstance(owner, str)
+            assert isinstance(node, str)
+            assert isinstance(specs, list)
+            claims = [
+                Claim(p, f, la, ip, ClaimKind.HOST_PORT, owner, owner) for p, f, la, ip in specs
+            ]
+            index.set_owner(owner, node, claims)
+            model[owner] = (node, claims)
+            if not claims:
+                del model[owner]
+        else:
+            assert isinstance(op[1], str)
+            index.remove_owner(op[1])
+            model.pop(op[1], None)
+    wanted = [Claim(p, f, la, ip, ClaimKind.HOST_PORT, me, me) for p, f, la, ip in wanted_specs]
+    found = index.conflicts(wanted, candidates, ignore_owners={me})
+    expected_nodes = {
+        node
+        for owner, (node, claims) in model.items()
+        if owner != me
+        and (candidates is None or node in candidates)
+        and any(w.collides(c) for w in wanted for c in claims)
+    }
+    assert set(found) == expected_nodes
+    for node, held in found.items():
+        assert held.owner != me
+        assert model[held.owner][0] == node
+        assert any(w.collides(held) for w in wanted)
+    assert index.fingerprint() == {
+        (owner, node, c.protocol, c.first, c.last, c.ip, c.kind.value)
+        for owner, (node, claims) in model.items()
+        for c in claims
+    }

@@ -1,0 +1,121 @@
+"""`hostport-extender serve` as an operator runs it: a real process on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from extender.cli import main
+from extender.snapshot import load_objects
+from tests.conftest import REPO
+
+SAMPLE = REPO / "config" / "samples" / "cluster.yaml"
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, str]]:
+    """The sample cluster served by a real `python -m extender serve` on an ephemeral port."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "extender",
+            "serve",
+            "--snapshot",
+            str(SAMPLE),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    banner = process.stdout.readline()
+    hint = process.stdout.readline() + process.stdout.readline()
+    try:
+        yield banner, hint
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
+def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[str, str]) -> None:
+    """The banner names the cluster and address; the printed curl's request is rejected on the
+    ingress nodes and the node that already runs the pod identity agent."""
+    banner, hint = served
+    assert "4 nodes, 11 pods" in banner
+    url = re.search(r"on (http://127\.0\.0\.1:\d+)", banner)
+    assert url is not None
+    curl = re.search(r"curl -s (\S+) .* -d @(\S+)", hint)
+    assert curl is not None
+    assert curl.group(1) == f"{url.group(1)}/filter"
+    body = (REPO / curl.group(2)).read_bytes()
+    request = urllib.request.Request(
+        curl.group(1), data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["NodeNames"] == ["ip-10-0-1-14.ec2.internal"]
+    reasons = answer["FailedAndUnresolvableNodes"]
+    assert (
+        "hostPort pod ingress-nginx/ingress-nginx-controller"
+        in reasons["ip-10-0-1-11.ec2.internal"]
+    )
+    assert "kube-system/eks-pod-identity-agent-q9d4s" in reasons["ip-10-0-1-13.ec2.internal"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["serve", "--snapshot", "/nonexistent.yaml"], "cannot read snapshot /nonexistent.yaml"),
+        (["serve", "--snapshot", str(SAMPLE), "--listen", "nowhere"], "want HOST:PORT"),
+        (
+            ["serve", "--snapshot", str(SAMPLE), "--cluster-reserved-ports", "80/XTP"],
+            "cluster_reserved_ports",
+        ),
+    ],
+)
+def test_serve_errors_are_one_line(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operator mistakes end with one clear line on stderr and exit code 2, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_snapshot_formats(tmp_path: Path) -> None:
+    """kubectl List (JSON or YAML), plain lists, multi-document YAML and *List kinds all load."""
+    pod = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}}
+    nodes = {
+        "kind": "NodeList",
+        "metadata": {"resourceVersion": "7"},
+        "items": [{"metadata": {"name": "n"}, "status": {"nodeInfo": {}}}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps({"kind": "List", "items": [pod, nodes]}))
+    (tmp_path / "b.yaml").write_text(
+        "kind: Pod\nmetadata: {name: q}\nspec: {containers: []}\n"
+        "---\n- kind: ConfigMap\n  metadata: {name: c}\n"
+    )
+    loaded = load_objects([tmp_path / "a.json", tmp_path / "b.yaml"])
+    assert [p["metadata"]["name"] for p in loaded.pods] == ["p", "q"]
+    assert [n["metadata"]["name"] for n in loaded.nodes] == ["n"]
+    assert loaded.skipped == 1
+
+
+def test_snapshot_garbage_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not Kubernetes objects is named in the error."""
+    (tmp_path / "bad.yaml").write_text("just a string\n")
+    assert main(["serve", "--snapshot", str(tmp_path / "bad.yaml")]) == 2
