@@ -1,5 +1,8 @@
 """Our server, as `hostport-extender serve --snapshot` builds it, with the serving phase profiled.
 
+Keep `main` in step with extender/serve.py `run` (snapshot load, heap freeze, metrics), or the
+profile describes a server nobody runs.
+
 `python -m bench.run --profile` starts this instead of the `hostport-extender` script. Loading the
 snapshot is not profiled (the ingest benchmark covers it); from the first request to SIGTERM,
 pyinstrument samples the process, and on exit the profile is written as text and HTML so the
@@ -22,8 +25,9 @@ from pyinstrument import Profiler
 from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
+from extender.metrics import new_metrics
 from extender.readiness import AlwaysReady
-from extender.serve import serve_app
+from extender.serve import freeze_heap, serve_app
 from extender.settings import Settings
 from extender.snapshot import load_objects
 
@@ -74,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(objects.nodes)} nodes, {len(objects.pods)} pods (profiled)"
     if args.drop_snapshot:
         del objects
-    app = create_app(cluster, settings, binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    freeze_heap()
+    app = create_app(
+        cluster,
+        settings,
+        binder=SnapshotBinder(cluster),
+        readiness=AlwaysReady(),
+        metrics=new_metrics(),
+    )
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     profiler = Profiler(interval=args.interval, async_mode="disabled")
