@@ -223,3 +223,29 @@ def test_ingest_runs_in_its_own_process_and_reports_one_json_line() -> None:
     assert line["decode_s"] > 0
     assert line["events_per_s"] > 0
     assert line["rss_before_mb"] < line["rss_after_mb"] <= line["peak_rss_mb"]
+
+
+def test_bodies_keep_the_captured_shape(templates: bodies.Templates) -> None:
+    """Each benchmark body has the capture's keys and Pod; only the node list is scaled up."""
+    from bench.run import QUICK, scenarios  # noqa: PLC0415 (run imports every bench module)
+
+    spec = ClusterSpec(nodes=300, pods_per_node=0)
+    plan = QUICK.__class__(
+        **{**{f: getattr(QUICK, f) for f in QUICK.__slots__}, "sizes": (10, 300)}
+    )
+    found = {(s.name, s.nodes): s for s in scenarios(plan, spec, templates)}
+    names_body = orjson.loads(found["filter-names-hostport", 300].call.body)
+    assert list(names_body) == list(templates.names_hostport)
+    assert names_body["Pod"] == templates.names_hostport["Pod"]
+    assert names_body["Nodes"] is None
+    assert len(set(names_body["NodeNames"])) == 300
+    nodes_body = orjson.loads(found["filter-nodes-hostport", 1000].call.body)
+    assert nodes_body["NodeNames"] is None
+    assert len(nodes_body["Nodes"]["items"]) == 300  # a 300-node cluster caps the list
+    captured_item = templates.nodes_hostport["Nodes"]["items"][0]
+    assert set(nodes_body["Nodes"]["items"][0]) == set(captured_item)
+    assert set(nodes_body["Nodes"]["items"][0]["metadata"]) >= set(captured_item["metadata"]) - {
+        "labels"
+    }
+    bind = orjson.loads(found["bind", 1].call.body)
+    assert list(bind) == list(templates.bind)
