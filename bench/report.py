@@ -129,7 +129,9 @@ def markdown(lines: Sequence[Line], command: str, context: Line) -> str:
         "",
         f"Server cluster: {context['serve_nodes']:,} nodes, {context['serve_pods']:,} pods "
         f"(snapshot {context['snapshot_mb']:.0f} MB); startup to first healthy /healthz: "
-        f"ours {context['startup_ours_s']:.1f} s, null {context['startup_null_s']:.1f} s.",
+        f"ours {context['startup_ours_s']:.1f} s, null {context['startup_null_s']:.1f} s; "
+        f"ours resident {context['rss_ours_mb']:.0f} MB once loaded; peak resident over the run "
+        f"ours {context['peak_rss_ours_mb']:.0f} MB, null {context['peak_rss_null_mb']:.0f} MB.",
         "",
         "| call | nodes | conc. | ours p50 / p90 / p99 ms | ours calls/s "
         "| null p50 / p90 / p99 ms | null calls/s | p50 ratio | p99 ratio | ours answered |",

@@ -300,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             context["startup_ours_s"] = ours.startup_s
             context["startup_null_s"] = null.startup_s
             print(f"servers up (ours loaded its snapshot in {ours.startup_s:.1f} s)", flush=True)
+            context["rss_ours_mb"], _ = servers.memory_mb(ours)
             measured = drive(plan, found, ours, null)
+            context["peak_rss_ours_mb"] = servers.memory_mb(ours)[1]
+            context["peak_rss_null_mb"] = servers.memory_mb(null)[1]
     except (servers.ServerError, driver.CallError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1

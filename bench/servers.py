@@ -39,6 +39,17 @@ class Server:
     """From spawning the process to the first 200 from /healthz (includes loading the snapshot)."""
 
 
+def memory_mb(server: Server) -> tuple[float, float]:
+    """(resident now, peak resident) of a server process, from /proc, in MB."""
+    values = {"VmRSS:": 0.0, "VmHWM:": 0.0}
+    with open(f"/proc/{server.process.pid}/status") as status:
+        for line in status:
+            key = line.split(maxsplit=1)[0]
+            if key in values:
+                values[key] = int(line.split()[1]) * 1024 / 1e6
+    return values["VmRSS:"], values["VmHWM:"]
+
+
 def ours_command(snapshot: Path) -> list[str]:
     """Our extender, exactly as a user runs it from the virtualenv."""
     executable = Path(sys.executable).parent / "hostport-extender"

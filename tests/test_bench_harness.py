@@ -138,6 +138,8 @@ def test_null_extender_runs_as_a_process(null_server: servers.Server) -> None:
     assert null_server.process.poll() is None
     assert null_server.port > 0
     assert "listening on http://127.0.0.1:" in null_server.log.read_text()
+    resident, peak = servers.memory_mb(null_server)
+    assert 5 < resident <= peak < 500
 
 
 def test_serial_and_concurrent_measurements_count_every_call(
