@@ -248,3 +248,37 @@ def test_bodies_keep_the_captured_shape(templates: bodies.Templates) -> None:
     assert set(nodes_body["Nodes"]["items"][0]["metadata"]) >= set(captured_item["metadata"])
     bind = orjson.loads(found["bind", 1].call.body)
     assert list(bind) == list(templates.bind)
+
+
+def test_markdown_report_puts_ours_beside_the_baseline() -> None:
+    """The README table shows both servers, the ratios, what ours answered and the targets."""
+    ours = _http_line("ours", "filter-names-hostport", 5000, 1.5, 3.0)
+    ours["answer"] = {"passed": 4513, "rejected": 487, "error": ""}
+    lines = [ours, _http_line("null", "filter-names-hostport", 5000, 0.5, 1.0)]
+    context = {
+        "mode": "quick",
+        "time": "now",
+        "commit": "abc",
+        "cpus": 2,
+        "python": "3.11",
+        "load_before": "1.00",
+        "serve_nodes": 5000,
+        "serve_pods": 50000,
+        "snapshot_mb": 230.0,
+        "startup_ours_s": 10.0,
+        "startup_null_s": 0.3,
+        "rss_ours_mb": 1200.0,
+        "peak_rss_ours_mb": 1900.0,
+        "peak_rss_null_mb": 150.0,
+    }
+    text = report.markdown(lines, "make bench-quick", context)
+    row = next(line for line in text.splitlines() if line.startswith("| filter-names-hostport"))
+    assert "| 1.50 / 3.00 / 3.00 |" in row
+    assert "| 0.50 / 1.00 / 1.00 |" in row
+    assert "| 3.00 | 3.00 |" in row
+    assert "passed 4513, rejected 487" in row
+    assert (
+        "| filter, 5,000 NodeNames, host-port pod: p99 | 3.00 ms (target <= 2 ms) | **no** |"
+        in text
+    )
+    assert text.startswith("Command: `make bench-quick`")
