@@ -25,9 +25,10 @@ from pyinstrument import Profiler
 from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
+from extender.heap import freeze_heap
 from extender.metrics import new_metrics
 from extender.readiness import AlwaysReady
-from extender.serve import freeze_heap, serve_app
+from extender.serve import serve_app
 from extender.settings import Settings
 from extender.snapshot import load_objects
 

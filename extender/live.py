@@ -18,6 +18,7 @@ from aiohttp import web
 from extender.app import create_app
 from extender.cluster import Cluster
 from extender.errors import BindError
+from extender.heap import freeze_heap
 from extender.informer import NODES, PODS, Informer, InformerObserver, Sleep
 from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError
 from extender.kubeauth import Connection, load_connection
@@ -135,6 +136,7 @@ class Live:
             asyncio.create_task(informer.run(), name=f"informer-{informer.resource.name}")
             for informer in (self.pods, self.nodes)
         ]
+        tasks.append(asyncio.create_task(self._freeze_heap_once_synced(), name="heap-freeze"))
         try:
             yield
         finally:
@@ -144,6 +146,13 @@ class Live:
                 if isinstance(outcome, Exception):
                     log.error("informer ended with an error", exc_info=outcome)
             await self.api.close()
+
+    async def _freeze_heap_once_synced(self) -> None:
+        """After the first full sync, move the loaded cluster out of the GC's reach."""
+        # A one-off wait on status the informers expose without an event: two polls a second.
+        while not (self.pods.status().synced and self.nodes.status().synced):  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        freeze_heap()
 
 
 def create_live_app(

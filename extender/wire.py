@@ -141,9 +141,11 @@ def encode_filter_error(args: ExtenderArgs | None, message: str) -> bytes:
     return orjson.dumps(result)
 
 
-def encode_priorities(scores: Sequence[tuple[str, int]]) -> bytes:
-    """A HostPriorityList: `[{"Host": ..., "Score": ...}]`."""
-    return orjson.dumps([{"Host": host, "Score": score} for host, score in scores])
+def encode_priorities(hosts: Sequence[str], scores: Sequence[int]) -> bytes:
+    """A HostPriorityList: `[{"Host": ..., "Score": ...}]`, hosts and scores in step."""
+    return orjson.dumps(
+        [{"Host": host, "Score": score} for host, score in zip(hosts, scores, strict=True)]
+    )
 
 
 @dataclass(frozen=True, slots=True)
