@@ -21,6 +21,7 @@ from extender import wire
 from extender.binding import Binder
 from extender.cluster import Cluster
 from extender.decisions import (
+    FLAT_SCORE,
     FilterVerdict,
     filter_pod,
     filter_preemption,
@@ -210,10 +211,9 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     except ListenAnnotationError:
         pod = None
     if pod is None or not _is_ours(settings, pod) or app[READINESS].check() is not None:
-        return _json(wire.encode_priorities(args.node_names, [0] * len(args.node_names)))
-    return _json(
-        wire.encode_priorities(args.node_names, score_nodes(cluster, pod, args.node_names))
-    )
+        return _json(wire.encode_priorities(args.node_names, {}, FLAT_SCORE))
+    scores, default = score_nodes(cluster, pod)
+    return _json(wire.encode_priorities(args.node_names, scores, default))
 
 
 async def handle_bind(request: web.Request) -> web.Response:

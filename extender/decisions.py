@@ -13,10 +13,9 @@ from itertools import filterfalse
 from extender.cluster import Cluster
 from extender.inflight import Tentative
 from extender.pods import PodPorts, in_flight_owner
-from extender.ports import Claim
+from extender.ports import SPREAD_MAX_SCORE, Claim
 from extender.wire import Victims
 
-MAX_SCORE = 10
 FLAT_SCORE = 0
 """The score of every node for a pod without host-level ports: no opinion."""
 
@@ -68,28 +67,23 @@ def passed_nodes(candidates: Sequence[str], rejected: Mapping[str, str]) -> list
     return list(filterfalse(rejected.__contains__, candidates))
 
 
-SPREAD_SCORES = tuple(max(0, MAX_SCORE - count) for count in range(MAX_SCORE + 1))
-"""Score by number of pods holding host-level ports on a node (10 for none, 0 for 10 or more)."""
+def score_nodes(cluster: Cluster, pod: PodPorts) -> tuple[Mapping[str, int], int]:
+    """Scores 0..10 as (node -> score, score of every other node).
 
-
-def score_nodes(cluster: Cluster, pod: PodPorts, candidates: Sequence[str]) -> list[int]:
-    """0..10 per candidate, in order: spread host-port workloads, avoid fresh UDP owner switches.
-
-    A node scores 10 minus the number of pods holding host-level ports there (floor 0); a node
-    where one of the pod's UDP ports recently changed owner between a hostPort pod and a
-    host-network listener scores 0, because stale conntrack entries would blackhole its clients.
+    Spread host-port workloads: a node scores 10 minus the number of pods holding host-level
+    ports there (floor 0). Avoid fresh UDP owner switches: a node where one of the pod's UDP
+    ports recently changed owner between a hostPort pod and a host-network listener scores 0,
+    because stale conntrack entries would blackhole its clients. Pods without claims score
+    FLAT_SCORE everywhere. Returning a mapping keeps the per-node work to one lookup, done
+    while encoding.
     """
     if not pod.wanted:
-        return [FLAT_SCORE] * len(candidates)
-    count_of = cluster.index.pod_counts.get
-    spread = SPREAD_SCORES
-    scores = [spread[min(count_of(node, 0), MAX_SCORE)] for node in candidates]
+        return {}, FLAT_SCORE
+    spread = cluster.index.spread_scores
     risky = cluster.index.udp_switch_risks(pod.wanted, pod.family)
     if risky:
-        scores = [
-            0 if node in risky else score for node, score in zip(candidates, scores, strict=True)
-        ]
-    return scores
+        return {**spread, **dict.fromkeys(risky, 0)}, SPREAD_MAX_SCORE
+    return spread, SPREAD_MAX_SCORE
 
 
 def filter_preemption(

@@ -136,25 +136,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.kubeconfig or args.context:
             raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
-        cluster = Cluster(settings)
-        objects = load_objects(args.snapshot)
-        cluster.nodes.replace(objects.nodes)
-        cluster.pods.replace(objects.pods)
+        cluster, summary = load_snapshot_cluster(settings, args.snapshot)
         freeze_heap()
         readiness = AlwaysReady()
         app = create_app(
             cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
-        )
-        summary = (
-            f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
-            f"({len(cluster.pods_by_uid)} with host-level ports) from "
-            + ", ".join(map(str, args.snapshot))
         )
         hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     ops_app = create_ops_app(metrics, readiness) if ops_address is not None else None
     ops = (ops_app, *ops_address) if ops_app is not None and ops_address is not None else None
     asyncio.run(serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops))
     return 0
+
+
+def load_snapshot_cluster(settings: Settings, paths: list[Path]) -> tuple[Cluster, str]:
+    """The cluster of the snapshot files, and a one-line summary for the banner.
+
+    The decoded objects die when this returns: a 50,000-pod dump is over a gigabyte of dicts,
+    of which the index keeps only the few fields it needs.
+    """
+    cluster = Cluster(settings)
+    objects = load_objects(paths)
+    cluster.nodes.replace(objects.nodes)
+    cluster.pods.replace(objects.pods)
+    summary = (
+        f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
+        f"({len(cluster.pods_by_uid)} with host-level ports) from " + ", ".join(map(str, paths))
+    )
+    return cluster, summary
 
 
 async def serve_app(

@@ -141,11 +141,10 @@ def encode_filter_error(args: ExtenderArgs | None, message: str) -> bytes:
     return orjson.dumps(result)
 
 
-def encode_priorities(hosts: Sequence[str], scores: Sequence[int]) -> bytes:
-    """A HostPriorityList: `[{"Host": ..., "Score": ...}]`, hosts and scores in step."""
-    return orjson.dumps(
-        [{"Host": host, "Score": score} for host, score in zip(hosts, scores, strict=True)]
-    )
+def encode_priorities(hosts: Sequence[str], scores: Mapping[str, int], default: int) -> bytes:
+    """A HostPriorityList `[{"Host": ..., "Score": ...}]`: each host's score, else `default`."""
+    score_of = scores.get
+    return orjson.dumps([{"Host": host, "Score": score_of(host, default)} for host in hosts])
 
 
 @dataclass(frozen=True, slots=True)
