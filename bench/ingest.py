@@ -21,6 +21,7 @@ import orjson
 
 from bench.generate import ClusterSpec, RawObject, generate_node, generate_pods_for_node
 from extender.cluster import Cluster
+from extender.heap import loading
 from extender.settings import Settings
 
 PAGE = 500
@@ -128,11 +129,15 @@ def watch_events(spec: ClusterSpec, count: int) -> list[tuple[str, RawObject]]:
 
 
 def load(spec: ClusterSpec) -> tuple[Cluster, float, float]:
-    """A fresh Cluster holding `spec`, fed page by page; (cluster, decode s, index s)."""
+    """A fresh Cluster holding `spec`, fed page by page; (cluster, decode s, index s).
+
+    Under the same collector policy as the extender's initial sync (`extender.heap.loading`).
+    """
     cluster = Cluster(Settings())
-    node_pages = _pages(generate_node(spec, index) for index in range(spec.nodes))
-    node_decode_s, node_index_s = _feed(node_pages, cluster.nodes.upsert)
-    pod_decode_s, pod_index_s = _feed(_pages(_all_pods(spec)), cluster.pods.upsert)
+    with loading():
+        node_pages = _pages(generate_node(spec, index) for index in range(spec.nodes))
+        node_decode_s, node_index_s = _feed(node_pages, cluster.nodes.upsert)
+        pod_decode_s, pod_index_s = _feed(_pages(_all_pods(spec)), cluster.pods.upsert)
     return cluster, node_decode_s + pod_decode_s, node_index_s + pod_index_s
 
 

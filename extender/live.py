@@ -18,7 +18,7 @@ from aiohttp import web
 from extender.app import create_app
 from extender.cluster import Cluster
 from extender.errors import BindError
-from extender.heap import freeze_heap
+from extender.heap import loading
 from extender.informer import NODES, PODS, Informer, InformerObserver, Sleep
 from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError
 from extender.kubeauth import Connection, load_connection
@@ -148,11 +148,11 @@ class Live:
             await self.api.close()
 
     async def _freeze_heap_once_synced(self) -> None:
-        """After the first full sync, move the loaded cluster out of the GC's reach."""
-        # A one-off wait on status the informers expose without an event: two polls a second.
-        while not (self.pods.status().synced and self.nodes.status().synced):  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
-        freeze_heap()
+        """Hold the collector off during the first full sync, then freeze the loaded cluster."""
+        with loading():
+            # A one-off wait on status the informers expose without an event: two polls a second.
+            while not (self.pods.status().synced and self.nodes.status().synced):  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
 
 
 def create_live_app(

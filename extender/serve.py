@@ -18,7 +18,7 @@ from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
 from extender.errors import ExtenderError
-from extender.heap import freeze_heap
+from extender.heap import loading
 from extender.metrics import new_metrics
 from extender.ops import create_ops_app
 from extender.readiness import AlwaysReady, Readiness
@@ -137,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
         if args.kubeconfig or args.context:
             raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
         cluster, summary = load_snapshot_cluster(settings, args.snapshot)
-        freeze_heap()
         readiness = AlwaysReady()
         app = create_app(
             cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
@@ -156,9 +155,10 @@ def load_snapshot_cluster(settings: Settings, paths: list[Path]) -> tuple[Cluste
     of which the index keeps only the few fields it needs.
     """
     cluster = Cluster(settings)
-    objects = load_objects(paths)
-    cluster.nodes.replace(objects.nodes)
-    cluster.pods.replace(objects.pods)
+    with loading():
+        objects = load_objects(paths)
+        cluster.nodes.replace(objects.nodes)
+        cluster.pods.replace(objects.pods)
     summary = (
         f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
         f"({len(cluster.pods_by_uid)} with host-level ports) from " + ", ".join(map(str, paths))
