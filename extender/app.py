@@ -75,6 +75,9 @@ def create_app(
     app.router.add_post("/preempt", handle_preempt)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    from extender.debug import add_debug_routes  # noqa: PLC0415 - debug.py imports our AppKeys
+
+    add_debug_routes(app)
     app.router.add_route("*", "/{verb}", handle_unknown)
     app.cleanup_ctx.append(_upkeep)
     return app

@@ -10,8 +10,9 @@ from types import ModuleType
 
 from extender import __version__, serve
 from extender.errors import ExtenderError
+from extender.tools import commands as tools
 
-COMMANDS: tuple[ModuleType, ...] = (serve,)
+COMMANDS: tuple[ModuleType, ...] = (serve, tools)
 
 
 def build_parser() -> argparse.ArgumentParser:
