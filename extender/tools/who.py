@@ -55,6 +55,8 @@ def parse_port_query(text: str) -> PortQuery:
     ports, slash, protocol_text = text.strip().partition("/")
     first_text, dash, last_text = ports.partition("-")
     try:
+        if slash and not protocol_text.strip():
+            raise ValueError("'/' must be followed by TCP, UDP or SCTP")
         protocol = normalize_protocol(protocol_text) if slash else None
         first, last = _port(first_text), _port(last_text) if dash else _port(first_text)
     except ValueError as error:
