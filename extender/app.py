@@ -149,14 +149,13 @@ async def handle_filter(request: web.Request) -> web.Response:
             return _json(wire.encode_filter_result(args, names, {}))
         return _json(wire.encode_filter_error(args, f"hostport-extender not ready: {not_ready}"))
 
-    candidates = set(names)
-    verdict = filter_pod(cluster, pod, candidates)
+    verdict = filter_pod(cluster, pod, names)
     if verdict.in_flight:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.in_flight_wait_seconds
         while verdict.in_flight and (remaining := deadline - loop.time()) > 0:
             await app[CHANGES].wait(remaining)
-            verdict = filter_pod(cluster, pod, candidates)
+            verdict = filter_pod(cluster, pod, names)
     rejected = verdict.final()
     passed = passed_nodes(names, rejected)
     if passed:

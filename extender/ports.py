@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -263,18 +264,21 @@ class PortIndex:
         """node -> the first claim there that collides with any of `wanted`.
 
         `candidates` limits the answer to those nodes (None: every node). The work done is
-        O(min(nodes holding the port, candidates)) per wanted port.
+        O(min(nodes holding the port, candidates)) per wanted port, in comprehensions.
         """
+        scope = _Scope(candidates)
+        ignored_nodes = {
+            owned.node for owner in ignore_owners if (owned := self._owners.get(owner))
+        }
         found: dict[str, Claim] = {}
         for want in wanted:
             for reserved in self.cluster_reserved:
                 if want.collides(reserved) and reserved.owner not in ignore_owners:
                     every = candidates if candidates is not None else self.node_names()
-                    for node in every:
-                        found.setdefault(node, reserved)
+                    _merge(found, dict.fromkeys(every, reserved))
                     break
             for nodes in self._tables_for(want):
-                self._collect(want, nodes, candidates, ignore_owners, found)
+                _merge(found, _collisions(want, nodes, scope, ignore_owners, ignored_nodes))
         return found
 
     def conflicts_on(
@@ -307,35 +311,6 @@ class PortIndex:
         for (protocol, first, last), nodes in self._ranges.items():
             if protocol == want.protocol and first <= want.last and want.first <= last:
                 yield nodes
-
-    @staticmethod
-    def _collect(
-        want: Claim,
-        nodes: NodeClaims,
-        candidates: Collection[str] | None,
-        ignore_owners: Collection[str],
-        found: dict[str, Claim],
-    ) -> None:
-        if candidates is not None and len(candidates) < len(nodes):
-            pairs: Iterable[tuple[str, list[Claim]]] = (
-                (node, nodes[node]) for node in candidates if node in nodes
-            )
-        else:
-            pairs = nodes.items()
-            if candidates is not None:
-                pairs = ((node, held) for node, held in pairs if node in candidates)
-        wildcard = want.ip == WILDCARD
-        for node, held in pairs:
-            if node in found:
-                continue
-            for claim in held:
-                if claim.owner in ignore_owners:
-                    continue
-                if (wildcard or claim.ip in (WILDCARD, want.ip)) and (
-                    claim.first <= want.last and want.first <= claim.last
-                ):
-                    found[node] = claim
-                    break
 
     def udp_switch_risks(self, wanted: Sequence[Claim], family: str) -> dict[str, str]:
         """node -> why placing a pod with `wanted` there risks stale UDP conntrack entries.
@@ -387,6 +362,66 @@ class PortIndex:
                     del nodes[node]
                 if not nodes:
                     del table[port]
+
+
+class _Scope:
+    """The candidate nodes of one query, as given and (built at most once) as a set."""
+
+    __slots__ = ("_as_set", "given")
+
+    def __init__(self, given: Collection[str] | None) -> None:
+        self.given = given
+        self._as_set: AbstractSet[str] | None = None
+
+    def as_set(self) -> AbstractSet[str]:
+        if self._as_set is None:
+            given = self.given
+            self._as_set = given if isinstance(given, AbstractSet) else set(given or ())
+        return self._as_set
+
+
+def _collisions(
+    want: Claim,
+    nodes: NodeClaims,
+    scope: _Scope,
+    ignore_owners: Collection[str],
+    ignored_nodes: AbstractSet[str],
+) -> dict[str, Claim]:
+    """node -> first claim in `nodes` (one port's or range's table) colliding with `want`.
+
+    Every claim in the table already overlaps `want`'s ports and protocol (that is how the table
+    was chosen), so only ownership and addresses remain to check. The common case, a wildcard
+    want on nodes where the pod itself holds nothing, is a single comprehension.
+    """
+    given = scope.given
+    keys: Iterable[str]
+    if given is None:
+        keys = nodes.keys()
+    elif len(given) < len(nodes):
+        keys = [node for node in given if node in nodes]
+    else:
+        keys = nodes.keys() & scope.as_set()  # C-level intersection
+    if want.ip == WILDCARD and not ignored_nodes:
+        return {node: nodes[node][0] for node in keys}
+    items = [(node, nodes[node]) for node in keys]
+    found: dict[str, Claim] = {}
+    for node, held in items:
+        for claim in held:
+            if claim.owner in ignore_owners:
+                continue
+            if want.ip == WILDCARD or claim.ip in (WILDCARD, want.ip):
+                found[node] = claim
+                break
+    return found
+
+
+def _merge(found: dict[str, Claim], more: dict[str, Claim]) -> None:
+    """Add `more` to `found`, keeping the claims found first (C-level dict operations)."""
+    if not found:
+        found.update(more)
+    elif more:
+        more.update(found)
+        found.update(more)
 
 
 def _is_pod_kind(kind: ClaimKind) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     objects = load_objects(args.snapshot)
     cluster.nodes.replace(objects.nodes)
     cluster.pods.replace(objects.pods)
+    freeze_heap()
     app = create_app(cluster, settings, binder=SnapshotBinder(cluster), readiness=AlwaysReady())
     summary = (
         f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
@@ -115,6 +117,17 @@ def run(args: argparse.Namespace) -> int:
     hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     asyncio.run(serve_app(app, settings, summary, hint))
     return 0
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far out of the cyclic GC's reach.
+
+    A loaded cluster is ~10^5 long-lived objects; without this, full collections triggered
+    by request garbage scan them all and add milliseconds to a filter call's tail latency.
+    Call it after the initial load or informer sync.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def serve_app(

@@ -97,7 +97,8 @@ def test_binding_in_live_mode_holds_a_reservation_until_the_watch_shows_the_pod(
     cluster.record_binding(record.uid, "n1")
     assert cluster.index.claims_of(in_flight_owner(record.uid)) is not None
     reasons = rejected(cluster, pod("b", ports=[port(80, 80)]), ["n1", "n2"])
-    assert list(reasons) == ["n1"] and "being bound to this node" in reasons["n1"]
+    assert list(reasons) == ["n1"]
+    assert "being bound to this node" in reasons["n1"]
     cluster.pods.upsert(pod("a", node="n1", ports=[port(80, 80)]))
     assert cluster.index.claims_of(in_flight_owner(record.uid)) is None
     assert cluster.bound_reservations() == 0

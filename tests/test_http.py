@@ -77,7 +77,8 @@ async def test_full_nodes_mode_answers_with_node_objects(make_extender: MakeExte
     _, answer = await post(client, "filter", body)
     assert [n["metadata"]["name"] for n in answer["Nodes"]["items"]] == ["n1", "n3"]
     assert answer["Nodes"]["items"][0] == NODES[0]
-    assert "NodeNames" not in answer and list(answer["FailedAndUnresolvableNodes"]) == ["n2"]
+    assert "NodeNames" not in answer
+    assert list(answer["FailedAndUnresolvableNodes"]) == ["n2"]
 
 
 async def test_any_key_casing_is_accepted(make_extender: MakeExtender) -> None:
@@ -172,14 +173,17 @@ async def test_oversized_body_is_refused(make_extender: MakeExtender) -> None:
     client, _ = await make_extender(NODES, max_body_bytes=4096)
     body = filter_args(pod("b", ports=[port(80, 80)]), [f"node-{i}" for i in range(2000)])
     status, answer = await post(client, "filter", body)
-    assert status == 413 and "too large" in answer["Error"] and "4096" in answer["Error"]
+    assert status == 413
+    assert "too large" in answer["Error"]
+    assert "4096" in answer["Error"]
 
 
 async def test_wrong_method_and_health_endpoints(make_extender: MakeExtender) -> None:
     """GET on a verb is 405 JSON; /healthz and /readyz answer plainly."""
     client, _ = await make_extender(NODES)
     response = await client.get("/filter")
-    assert response.status == 405 and "not allowed" in (await response.json())["Error"]
+    assert response.status == 405
+    assert "not allowed" in (await response.json())["Error"]
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
 
@@ -202,11 +206,13 @@ async def test_not_ready_fails_closed_unless_fail_open(
     )
     assert status == 200
     if fail_open:
-        assert answer["NodeNames"] == NAMES and answer["Error"] == ""
+        assert answer["NodeNames"] == NAMES
+        assert answer["Error"] == ""
     else:
         assert answer["Error"] == "hostport-extender not ready: pods informer not synced"
     response = await client.get("/readyz")
-    assert response.status == 503 and "pods informer not synced" in await response.text()
+    assert response.status == 503
+    assert "pods informer not synced" in await response.text()
 
 
 async def test_prioritize_spreads_host_port_workloads(make_extender: MakeExtender) -> None:

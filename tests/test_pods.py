@@ -87,7 +87,8 @@ def test_plain_init_container_ports_are_needed_but_not_held() -> None:
 def test_listen_annotation_on_non_host_network_pod_is_reported() -> None:
     """The ignored annotation is reported once as a problem, so it can be logged."""
     record = decode_pod(pod("x", annotations={"hostports.dev/listen": "80"}))
-    assert record.problems and "does not use hostNetwork" in record.problems[0]
+    assert record.problems
+    assert "does not use hostNetwork" in record.problems[0]
 
 
 def test_invalid_listen_annotation_strict_and_lenient() -> None:
@@ -161,7 +162,8 @@ def test_node_reserved_and_observed_annotations() -> None:
         (8125, "", "UDP"),
     ]
     assert record.observed_at == pytest.approx(1795550400.0)
-    assert record.problems and "'oops'" in record.problems[0]
+    assert record.problems
+    assert "'oops'" in record.problems[0]
     assert "observed listening on the host" in record.observed[0].reason
 
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.portspec import WILDCARD
 from extender.ports import RANGE_EXPANSION_LIMIT, Claim, ClaimKind, PortIndex
+from extender.portspec import WILDCARD
 
 
 def claim(
@@ -61,7 +61,8 @@ def test_reason_names_port_protocol_address_and_holder() -> None:
         holder="hostNetwork pod kube-system/eks-pod-identity-agent-x7k2",
     )
     assert held.reason == (
-        "80/TCP on 169.254.170.23 is held by hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
+        "80/TCP on 169.254.170.23 is held by "
+        "hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
     )
     assert claim("8125/UDP").reason.startswith("8125/UDP on every address is held by")
 
@@ -93,7 +94,8 @@ def test_replacing_and_removing_owners_releases_ports() -> None:
     assert set(index.conflicts([claim("8080")])) == {"n2"}
     index.remove_owner("p")
     assert index.conflicts([claim("8080")]) == {}
-    assert index.claim_count() == 0 and index.node_names() == []
+    assert index.claim_count() == 0
+    assert index.node_names() == []
 
 
 def test_wide_ranges_are_kept_as_ranges_and_still_conflict() -> None:
@@ -101,7 +103,7 @@ def test_wide_ranges_are_kept_as_ranges_and_still_conflict() -> None:
     index = PortIndex()
     wide = claim("30000-32767", owner="node:n1:reserved", kind=ClaimKind.NODE_RESERVED)
     index.set_owner(wide.owner, "n1", [wide])
-    assert 32767 - 30000 >= RANGE_EXPANSION_LIMIT
+    assert RANGE_EXPANSION_LIMIT <= 32767 - 30000
     assert index.conflicts([claim("31000")]) == {"n1": wide}
     assert index.conflicts([claim("29000-30000")]) == {"n1": wide}
     assert index.conflicts([claim("32768")]) == {}
@@ -192,7 +194,9 @@ def test_index_matches_brute_force_model(
     for op in ops:
         if op[0] == "set":
             _, owner, node, specs = op
-            assert isinstance(owner, str) and isinstance(node, str) and isinstance(specs, list)
+            assert isinstance(owner, str)
+            assert isinstance(node, str)
+            assert isinstance(specs, list)
             claims = [
                 Claim(p, f, la, ip, ClaimKind.HOST_PORT, owner, owner) for p, f, la, ip in specs
             ]
@@ -215,7 +219,8 @@ def test_index_matches_brute_force_model(
     }
     assert set(found) == expected_nodes
     for node, held in found.items():
-        assert held.owner != me and model[held.owner][0] == node
+        assert held.owner != me
+        assert model[held.owner][0] == node
         assert any(w.collides(held) for w in wanted)
     assert index.fingerprint() == {
         (owner, node, c.protocol, c.first, c.last, c.ip, c.kind.value)

@@ -70,7 +70,8 @@ def test_list_parsing_strict_and_lenient() -> None:
         parse_port_specs(text)
     specs, problems = parse_port_specs_lenient(text)
     assert [str(s) for s in specs] == ["80/TCP@169.254.170.23", "8125/UDP", "30000-30100/TCP"]
-    assert len(problems) == 1 and "'bogus'" in problems[0]
+    assert len(problems) == 1
+    assert "'bogus'" in problems[0]
 
 
 def test_empty_entries_are_ignored() -> None:

@@ -57,7 +57,8 @@ def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[st
     url = re.search(r"on (http://127\.0\.0\.1:\d+)", banner)
     assert url is not None
     curl = re.search(r"curl -s (\S+) .* -d @(\S+)", hint)
-    assert curl is not None and curl.group(1) == f"{url.group(1)}/filter"
+    assert curl is not None
+    assert curl.group(1) == f"{url.group(1)}/filter"
     body = (REPO / curl.group(2)).read_bytes()
     request = urllib.request.Request(
         curl.group(1), data=body, headers={"Content-Type": "application/json"}
@@ -91,7 +92,9 @@ def test_serve_errors_are_one_line(
     """Operator mistakes end with one clear line on stderr and exit code 2, no traceback."""
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert fragment in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
 
 
 def test_snapshot_formats(tmp_path: Path) -> None:
