@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -18,11 +19,21 @@ from aiohttp import web
 from extender import wire
 from extender.binding import Binder
 from extender.cluster import Cluster
-from extender.decisions import filter_pod, filter_preemption, passed_nodes, score_nodes
+from extender.decisions import (
+    FilterVerdict,
+    filter_pod,
+    filter_preemption,
+    passed_nodes,
+    score_nodes,
+)
 from extender.errors import BindError, WireError
+from extender.metrics import METRICS_KEY, Metrics
+from extender.metrics import install as install_metrics
 from extender.pods import ListenAnnotationError, PodPorts, decode_pod
+from extender.ports import ClaimKind
 from extender.readiness import Readiness
 from extender.settings import Settings
+from extender.telemetry import observe_cluster
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,8 @@ READINESS = web.AppKey("readiness", Readiness)
 SWEEP_INTERVAL_SECONDS = 1.0
 JSON = "application/json"
 VERBS = ("filter", "prioritize", "bind", "preempt")
+BAD_ANNOTATION = "bad-annotation"
+"""Rejection reason when the pod's own listen annotation cannot be parsed (every node)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,9 +71,17 @@ CHANGES = web.AppKey("changes", ChangeNotifier)
 
 
 def create_app(
-    cluster: Cluster, settings: Settings, *, binder: Binder, readiness: Readiness
+    cluster: Cluster,
+    settings: Settings,
+    *,
+    binder: Binder,
+    readiness: Readiness,
+    metrics: Metrics | None = None,
 ) -> web.Application:
-    """The extender application; background upkeep starts and stops with it."""
+    """The extender application; background upkeep starts and stops with it.
+
+    With `metrics`, requests are timed, rejections counted and GET /metrics served.
+    """
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
     app[CLUSTER] = cluster
     app[SETTINGS] = settings
@@ -75,6 +96,9 @@ def create_app(
     app.router.add_post("/preempt", handle_preempt)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    if metrics is not None:
+        install_metrics(app, metrics)
+        observe_cluster(metrics, cluster, readiness)
     from extender.debug import add_debug_routes  # noqa: PLC0415 - debug.py imports our AppKeys
 
     add_debug_routes(app)
@@ -140,6 +164,8 @@ async def handle_filter(request: web.Request) -> web.Response:
     try:
         pod = decode_pod(args.raw_pod, strict=True)
     except ListenAnnotationError as error:
+        if METRICS_KEY in app:
+            app[METRICS_KEY].rejections.labels(reason=BAD_ANNOTATION).inc(len(names))
         return _json(wire.encode_filter_result(args, [], dict.fromkeys(names, str(error))))
     if not pod.wanted or not _is_ours(settings, pod):
         return _json(wire.encode_filter_result(args, names, {}))
@@ -158,9 +184,18 @@ async def handle_filter(request: web.Request) -> web.Response:
             verdict = filter_pod(cluster, pod, names)
     rejected = verdict.final()
     passed = passed_nodes(names, rejected)
+    if rejected and METRICS_KEY in app:
+        _count_rejections(app[METRICS_KEY], verdict, rejected)
     if passed:
         cluster.in_flight.hold(pod, passed, cluster.clock() + settings.in_flight_ttl_seconds)
     return _json(wire.encode_filter_result(args, passed, rejected))
+
+
+def _count_rejections(metrics: Metrics, verdict: FilterVerdict, rejected: dict[str, str]) -> None:
+    # One counter update per kind, not per node: a filter over 5,000 nodes stays cheap.
+    kinds = Counter(verdict.kinds.get(node, ClaimKind.IN_FLIGHT.value) for node in rejected)
+    for kind, count in kinds.items():
+        metrics.rejections.labels(reason=kind).inc(count)
 
 
 async def handle_prioritize(request: web.Request) -> web.Response:

@@ -8,16 +8,19 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
+import ssl
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from extender import logs, tls
 from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
 from extender.errors import ExtenderError
+from extender.metrics import new_metrics
+from extender.ops import create_ops_app
 from extender.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.snapshot import load_objects
@@ -70,7 +73,14 @@ def add_parser(subparsers: Any) -> None:
         help="pods holding these ports are never evicted for a port",
     )
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--ops-listen",
+        metavar="HOST:PORT",
+        help="also serve /healthz, /readyz and /metrics (never the verbs) here, for kubelet "
+        "probes and Prometheus on the pod IP, e.g. 0.0.0.0:9090",
+    )
+    tls.add_arguments(parser)
+    logs.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -95,12 +105,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure_from_args(args)
     settings = settings_from_args(args)
+    tls_files = tls.files_from_args(args)
+    ssl_context = tls.server_context(tls_files) if tls_files is not None else None
+    ops_address = parse_listen(args.ops_listen) if args.ops_listen else None
     if not args.snapshot:
         raise ExtenderError("live mode is not available yet: pass --snapshot FILE")
     cluster = Cluster(settings)
@@ -108,14 +117,20 @@ def run(args: argparse.Namespace) -> int:
     cluster.nodes.replace(objects.nodes)
     cluster.pods.replace(objects.pods)
     freeze_heap()
-    app = create_app(cluster, settings, binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    metrics = new_metrics()
+    readiness = AlwaysReady()
+    app = create_app(
+        cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
+    )
+    ops_app = create_ops_app(metrics, readiness) if ops_address is not None else None
     summary = (
         f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
         f"({len(cluster.pods_by_uid)} with host-level ports) from "
         + ", ".join(map(str, args.snapshot))
     )
     hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
-    asyncio.run(serve_app(app, settings, summary, hint))
+    ops = (ops_app, *ops_address) if ops_app is not None and ops_address is not None else None
+    asyncio.run(serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops))
     return 0
 
 
@@ -131,12 +146,24 @@ def freeze_heap() -> None:
 
 
 async def serve_app(
-    app: web.Application, settings: Settings, summary: str, sample_request: Path | None = None
+    app: web.Application,
+    settings: Settings,
+    summary: str,
+    sample_request: Path | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    ops: tuple[web.Application, str, int] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    """Serve until SIGINT/SIGTERM, then shut down cleanly; `ops` is a second (app, host, port)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        settings.listen_host,
+        settings.listen_port,
+        reuse_address=True,
+        ssl_context=ssl_context,
+    )
     try:
         await site.start()
     except OSError as error:
@@ -144,8 +171,25 @@ async def serve_app(
         raise ExtenderError(
             f"cannot listen on {settings.listen_host}:{settings.listen_port}: {error.strerror}"
         ) from error
-    base = f"http://{_url_host(settings.listen_host)}:{_bound_port(runner, settings)}"
+    ops_runner = None
+    if ops is not None:
+        ops_app, ops_host, ops_port = ops
+        ops_runner = web.AppRunner(ops_app, access_log=None)
+        await ops_runner.setup()
+        try:
+            await web.TCPSite(ops_runner, ops_host, ops_port, reuse_address=True).start()
+        except OSError as error:
+            await ops_runner.cleanup()
+            await runner.cleanup()
+            raise ExtenderError(
+                f"cannot listen on {ops_host}:{ops_port} (--ops-listen): {error.strerror}"
+            ) from error
+    scheme = "https" if ssl_context is not None else "http"
+    base = f"{scheme}://{_url_host(settings.listen_host)}:{_bound_port(runner, settings)}"
     print(f"hostport-extender serving {summary} on {base}", flush=True)
+    if ops_runner is not None and ops is not None:
+        ops_port = _bound_port(ops_runner, settings)
+        print(f"health, readiness and metrics on http://{_url_host(ops[1])}:{ops_port}", flush=True)
     if sample_request is not None:
         print(
             "Try a rejection:\n"
@@ -161,6 +205,8 @@ async def serve_app(
     try:
         await stop.wait()
     finally:
+        if ops_runner is not None:
+            await ops_runner.cleanup()
         await runner.cleanup()
 
 

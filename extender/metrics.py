@@ -1,0 +1,236 @@
+"""Prometheus metrics of one extender process, on a registry of its own (never the global one).
+
+Upstream kube-scheduler has no per-extender metrics, so what the operator sees of us is what we
+export here: verb latency with sub-millisecond buckets (a filter answer is paid serially per pod),
+rejections by claim kind, index size, informer health and reservations in flight. Values that exist
+elsewhere (index size, readiness, informer ages) are read at scrape time through callables, so
+the hot path never updates a gauge it does not have to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from extender.readiness import Readiness
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+"""100 µs to 5 s: a healthy filter answers in well under 1 ms; 5 s is the scheduler's timeout."""
+
+UNMATCHED = "unmatched"
+OTHER = "other"
+"""The verb label of requests a catch-all route answered (unknown verbs)."""
+
+IndexSize = Callable[[], tuple[int, int]]
+"""Returns (nodes, claims) of the port index."""
+
+NodeConflicts = Callable[[], Mapping[str, int]]
+"""Returns, per node, how many claims currently collide there (only nodes with a conflict)."""
+
+
+class _ScrapeTimeState(Collector):
+    """Gauges computed when Prometheus scrapes, from callables the application registers."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.index_size: IndexSize | None = None
+        self.readiness: Readiness | None = None
+        self.conflicts: NodeConflicts | None = None
+        self.in_flight: Callable[[], int] | None = None
+        self.last_event: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        if self.index_size is not None:
+            nodes, claims = self.index_size()
+            yield GaugeMetricFamily(
+                "hostport_extender_index_nodes", "Nodes in the port index.", value=nodes
+            )
+            yield GaugeMetricFamily(
+                "hostport_extender_index_claims",
+                "Port claims (hostPort, hostNetwork, reserved, in flight) in the index.",
+                value=claims,
+            )
+        if self.readiness is not None:
+            yield GaugeMetricFamily(
+                "hostport_extender_ready",
+                "1 when the extender answers the scheduler from a complete index, else 0.",
+                value=0 if self.readiness.check() else 1,
+            )
+        if self.in_flight is not None:
+            yield GaugeMetricFamily(
+                "hostport_extender_reservations_in_flight",
+                "Pods holding ports between the scheduler's decision and the binding's arrival.",
+                value=self.in_flight(),
+            )
+        if self.conflicts is not None:
+            family = GaugeMetricFamily(
+                "hostport_extender_node_conflicts",
+                "Claims that collide on a node right now (only nodes with a conflict).",
+                labels=["node"],
+            )
+            for node, count in sorted(self.conflicts().items()):
+                family.add_metric([node], count)
+            yield family
+        if self.last_event:
+            now = self.clock()
+            family = GaugeMetricFamily(
+                "hostport_extender_informer_last_event_age_seconds",
+                "Seconds since the informer last received anything (event or bookmark).",
+                labels=["resource"],
+            )
+            for resource, at in sorted(self.last_event.items()):
+                family.add_metric([resource], max(0.0, now - at))
+            yield family
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The registry and every metric on it; build one with `new_metrics()` and pass it around."""
+
+    registry: CollectorRegistry
+    request_seconds: Histogram
+    rejections: Counter
+    relists: Counter
+    watch_restarts: Counter
+    admission_reviews: Counter
+    _state: _ScrapeTimeState = field(repr=False)
+
+    def informer_event(self, resource: str) -> None:
+        """Record that the `resource` watch delivered something (an event or a bookmark)."""
+        self._state.last_event[resource] = self._state.clock()
+
+    def observe_index(self, index_size: IndexSize) -> None:
+        """Export index size from `index_size()` at each scrape."""
+        self._state.index_size = index_size
+
+    def observe_readiness(self, readiness: Readiness) -> None:
+        """Export `hostport_extender_ready` from `readiness.check()` at each scrape."""
+        self._state.readiness = readiness
+
+    def observe_in_flight(self, in_flight: Callable[[], int]) -> None:
+        """Export `hostport_extender_reservations_in_flight` from `in_flight()` at each scrape."""
+        self._state.in_flight = in_flight
+
+    def observe_conflicts(self, conflicts: NodeConflicts) -> None:
+        """Export live per-node conflicts from `conflicts()` at each scrape."""
+        self._state.conflicts = conflicts
+
+
+def new_metrics(clock: Callable[[], float] = time.monotonic) -> Metrics:
+    """A fresh registry holding every metric of the extender and the webhook."""
+    registry = CollectorRegistry(auto_describe=True)
+    state = _ScrapeTimeState(clock)
+    registry.register(state)
+    return Metrics(
+        registry=registry,
+        request_seconds=Histogram(
+            "hostport_extender_request_duration_seconds",
+            "Time to answer an HTTP request, by route (filter, prioritize, bind, ...) and status.",
+            ["verb", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        rejections=Counter(
+            "hostport_extender_filter_rejections",
+            "Nodes rejected by filter, by the kind of claim that collided (a bounded set).",
+            ["reason"],
+            registry=registry,
+        ),
+        relists=Counter(
+            "hostport_extender_informer_relists",
+            "Complete lists the informer made (start, 410 Gone, errors).",
+            ["resource"],
+            registry=registry,
+        ),
+        watch_restarts=Counter(
+            "hostport_extender_informer_watch_restarts",
+            "Watches the informer had to open again after one ended or failed.",
+            ["resource"],
+            registry=registry,
+        ),
+        admission_reviews=Counter(
+            "hostport_extender_admission_reviews",
+            "AdmissionReviews the routing webhook answered, by decision.",
+            ["decision"],
+            registry=registry,
+        ),
+        _state=state,
+    )
+
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _verb(request: web.Request) -> str:
+    # The route's path, never the raw URL: a scanner must not create a label value per path.
+    resource = request.match_info.route.resource
+    if resource is None:
+        return UNMATCHED
+    canonical = resource.canonical
+    if "{" in canonical:
+        return OTHER
+    return canonical.strip("/") or "root"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every request into `hostport_extender_request_duration_seconds{verb,code}`."""
+    metrics = request.app[METRICS_KEY]
+    started = time.perf_counter()
+    status: int | None = 500  # an exception that is not an HTTPException becomes a 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    except asyncio.CancelledError:
+        # The client went away: there is no answer to time, and the cancellation must go on.
+        status = None
+        raise
+    finally:
+        if status is not None:
+            elapsed = time.perf_counter() - started
+            metrics.request_seconds.labels(verb=_verb(request), code=str(status)).observe(elapsed)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """GET /metrics in the Prometheus text format."""
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def install(app: web.Application, metrics: Metrics) -> None:
+    """Hang `metrics` on `app`, time its requests and serve GET /metrics (call before startup)."""
+    app[METRICS_KEY] = metrics
+    # Outermost, so the status timed is the one sent, after other middlewares turned errors
+    # into answers.
+    app.middlewares.insert(0, metrics_middleware)
+    app.router.add_get("/metrics", metrics_handler)

@@ -1,0 +1,151 @@
+"""`hostport-extender webhook`: serve the routing webhook (/mutate) over HTTPS.
+
+The API server only calls webhooks over HTTPS, so the certificate and key are required; they
+come from cert-manager or from `hostport-extender certs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+
+from aiohttp import web
+
+from extender import logs, tls
+from extender.errors import ExtenderError
+from extender.metrics import new_metrics
+from extender.webhook import (
+    DEFAULT_EXCLUDED_NAMESPACES,
+    ROUTED_SCHEDULER,
+    SELF_LABEL,
+    RoutingPolicy,
+    create_webhook_app,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "0.0.0.0:8443"
+RELOAD_SECONDS = 30.0
+"""How often to look for a renewed certificate; kubelet itself takes up to a minute to swap it."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the `webhook` subcommand; `args.run(args)` runs it and returns the exit status."""
+    parser = subparsers.add_parser(
+        "webhook",
+        help="serve the webhook that routes host-port pods to the hostport-aware scheduler",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
+    )
+    parser.add_argument(
+        "--scheduler-name",
+        default=ROUTED_SCHEDULER,
+        help=f"schedulerName to set on routed pods (default {ROUTED_SCHEDULER})",
+    )
+    parser.add_argument(
+        "--exclude-namespace",
+        action="append",
+        metavar="NAMESPACE",
+        help="never route pods of this namespace (repeatable; default: "
+        + ", ".join(sorted(DEFAULT_EXCLUDED_NAMESPACES))
+        + ")",
+    )
+    parser.add_argument(
+        "--self-label",
+        default="=".join(SELF_LABEL),
+        metavar="KEY=VALUE",
+        help="pods with this label are the extender's own and are never routed",
+    )
+    tls.add_arguments(parser, required=True)
+    logs.add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT; ValueError with the text when it is neither."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"--listen {text!r}: want HOST:PORT, e.g. 0.0.0.0:8443 or [::]:8443")
+    return host.removeprefix("[").removesuffix("]"), int(port_text)
+
+
+def policy_from_args(args: argparse.Namespace) -> RoutingPolicy:
+    """The routing policy the flags describe."""
+    key, equals, value = args.self_label.partition("=")
+    if not equals or not key:
+        raise ValueError(f"--self-label {args.self_label!r}: want KEY=VALUE")
+    excluded = args.exclude_namespace
+    return RoutingPolicy(
+        scheduler_name=args.scheduler_name,
+        excluded_namespaces=(
+            frozenset(excluded) if excluded is not None else DEFAULT_EXCLUDED_NAMESPACES
+        ),
+        self_label=(key, value),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; bad flags or files give one line on stderr and status 2."""
+    logs.configure_from_args(args)
+    try:
+        host, port = parse_listen(args.listen)
+        policy = policy_from_args(args)
+        files = tls.files_from_args(args)
+        if files is None:
+            raise tls.TLSConfigError("the webhook needs --tls-cert and --tls-key")
+        context = tls.server_context(files)
+    except (ValueError, ExtenderError) as error:
+        print(f"hostport-extender webhook: error: {error}", file=sys.stderr)
+        return 2
+    app = create_webhook_app(policy, new_metrics())
+    reloader = tls.CertificateReloader(context, files)
+    try:
+        asyncio.run(_serve(app, host, port, context, reloader))
+    except OSError as error:
+        print(
+            f"hostport-extender webhook: error: cannot listen on {args.listen}: {error}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    reloader: tls.CertificateReloader,
+) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    reload_task = asyncio.create_task(reloader.watch(RELOAD_SECONDS), name="tls-reload")
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=context)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        for address in runner.addresses:
+            log.info("webhook listening on https://%s:%s/mutate", *_host_port(address))
+        await stop.wait()
+        log.info("webhook stopping")
+    finally:
+        reload_task.cancel()
+        # wait() does not re-raise the task's cancellation, yet still lets ours through.
+        await asyncio.wait([reload_task])
+        await runner.cleanup()
+
+
+def _host_port(address: object) -> tuple[str, int]:
+    # IPv4 sockets give (host, port), IPv6 ones (host, port, flowinfo, scope_id).
+    assert isinstance(address, tuple)
+    host = str(address[0])
+    return (f"[{host}]" if ":" in host else host), int(address[1])

@@ -1,0 +1,790 @@
+"""The kustomize trees render, and what they render agrees with the code it deploys.
+
+Every overlay is rendered with the real `kubectl kustomize`; the extender's and the webhook's
+container arguments are parsed by the real command line; the scheduler configuration is checked
+against the fields of the upstream `Extender` type; the webhook's CEL match conditions are
+evaluated with a CEL interpreter against the same pods as the webhook's own decision tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import kubernetes.client
+import pytest
+import yaml
+from celpy.adapter import json_to_cel
+from prometheus_client import generate_latest
+
+from extender import cli
+from extender.app import VERBS, create_app
+from extender.binding import SnapshotBinder
+from extender.cluster import Cluster
+from extender.metrics import new_metrics
+from extender.pods import decode_node
+from extender.portspec import parse_port_specs
+from extender.readiness import AlwaysReady
+from extender.settings import Settings
+from extender.webhook import DEFAULT_EXCLUDED_NAMESPACES, ROUTED, ROUTED_SCHEDULER, SELF_LABEL
+from extender.webhook import route_decision as webhook_decision
+from extender.webhook_cli import policy_from_args
+from tests.test_webhook import CASES
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config"
+OVERLAYS = ("default", "kubeadm", "cert-manager", "monitoring")
+NAMESPACE = "hostport-system"
+
+# kubescheduler.config.k8s.io/v1 Extender and its tlsConfig (../shared/protocol.md §2.1).
+EXTENDER_FIELDS = {
+    "urlPrefix": str,
+    "filterVerb": str,
+    "preemptVerb": str,
+    "prioritizeVerb": str,
+    "weight": int,
+    "bindVerb": str,
+    "enableHTTPS": bool,
+    "tlsConfig": dict,
+    "httpTimeout": str,
+    "nodeCacheCapable": bool,
+    "managedResources": list,
+    "ignorable": bool,
+}
+TLS_CONFIG_FIELDS = {
+    "insecure",
+    "serverName",
+    "certFile",
+    "keyFile",
+    "caFile",
+    "certData",
+    "keyData",
+    "caData",
+}
+RawObject = dict[str, Any]
+
+
+def render(overlay: str) -> list[RawObject]:
+    """`kubectl kustomize config/<overlay>`, parsed; fails loudly when kubectl is missing."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl is needed to render the kustomize trees"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(CONFIG / overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[RawObject]]:
+    return {overlay: render(overlay) for overlay in OVERLAYS}
+
+
+def find(objects: list[RawObject], kind: str, name: str | None = None) -> RawObject:
+    matches = [
+        o
+        for o in objects
+        if o["kind"] == kind and (name is None or o["metadata"]["name"].startswith(name))
+    ]
+    assert len(matches) == 1, f"want one {kind} {name or ''}, found {len(matches)}"
+    return matches[0]
+
+
+def container(pod_spec: RawObject, name: str) -> RawObject:
+    (found,) = [c for c in pod_spec["containers"] if c["name"] == name]
+    assert isinstance(found, dict)
+    return found
+
+
+def scheduler_config(objects: list[RawObject], configmap: str) -> RawObject:
+    data = find(objects, "ConfigMap", configmap)["data"]
+    (text,) = data.values()
+    loaded: RawObject = yaml.safe_load(text)
+    return loaded
+
+
+def parse_cli(args: list[str]) -> argparse.Namespace:
+    """The container's arguments through the real `hostport-extender` parser."""
+    return cli.build_parser().parse_args(args)
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def named_port(spec: RawObject, name: str) -> int:
+    for item in spec["ports"]:
+        if item["name"] == name:
+            port: int = item["containerPort"]
+            return port
+    raise AssertionError(f"no port named {name}")
+
+
+def duration_seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", text)
+    assert match, f"httpTimeout {text!r} is not a duration like 2s"
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60}[match[2]]
+
+
+EXPECTED_KINDS = {
+    "default": {
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "MutatingWebhookConfiguration",
+    },
+    "kubeadm": {
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+    },
+    "monitoring": {"ConfigMap", "PodMonitor", "PrometheusRule"},
+}
+EXPECTED_KINDS["cert-manager"] = EXPECTED_KINDS["default"] | {"Issuer", "Certificate"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_the_expected_kinds(
+    rendered: dict[str, list[RawObject]], overlay: str
+) -> None:
+    """Each overlay renders with kubectl kustomize, to exactly the kinds it should hold."""
+    objects = rendered[overlay]
+    assert {o["kind"] for o in objects} == EXPECTED_KINDS[overlay]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_namespaced_objects_live_in_the_extender_namespace(
+    rendered: dict[str, list[RawObject]], overlay: str
+) -> None:
+    """Everything namespaced is in hostport-system, bar the scheduler's kube-system reader."""
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped.add("MutatingWebhookConfiguration")
+    for o in rendered[overlay]:
+        if o["kind"] in cluster_scoped:
+            assert "namespace" not in o["metadata"]
+            continue
+        expected = (
+            "kube-system" if o["metadata"]["name"].endswith("authentication-reader") else NAMESPACE
+        )
+        assert o["metadata"].get("namespace") == expected, (o["kind"], o["metadata"]["name"])
+
+
+def test_extender_rbac_is_least_privilege(rendered: dict[str, list[RawObject]]) -> None:
+    """The extender may read pods and nodes and create bindings: nothing more, no wildcards."""
+    role = find(rendered["default"], "ClusterRole", "hostport-extender")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]},
+    ]
+    for overlay in OVERLAYS:
+        for o in rendered[overlay]:
+            for rule in o.get("rules", []):
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule.get(key, []), (o["metadata"]["name"], rule)
+                assert "secrets" not in rule.get("resources", [])
+
+
+def test_scheduler_roles_and_its_own_lease(rendered: dict[str, list[RawObject]]) -> None:
+    """The scheduler gets the upstream roles and may update only its own leader lease."""
+    objects = rendered["default"]
+    bound_roles = {
+        o["roleRef"]["name"]
+        for o in objects
+        if o["kind"] in ("ClusterRoleBinding", "RoleBinding")
+        and o["subjects"]
+        == [{"kind": "ServiceAccount", "name": "hostport-extender", "namespace": NAMESPACE}]
+    }
+    assert bound_roles == {
+        "hostport-extender",
+        "system:kube-scheduler",
+        "system:volume-scheduler",
+        "extension-apiserver-authentication-reader",
+        "hostport-aware-scheduler-leader-election",
+    }
+    config = scheduler_config(objects, "hostport-aware-scheduler-config")
+    election = config["leaderElection"]
+    assert election["leaderElect"] is True
+    assert election["resourceName"] != "kube-scheduler"
+    lease_role = find(objects, "Role", "hostport-aware-scheduler-leader-election")
+    assert lease_role["metadata"]["namespace"] == election["resourceNamespace"]
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [election["resourceName"]],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def check_extender_block(extender: RawObject) -> None:
+    """Validate one `extenders[]` entry as the upstream type and validation would."""
+    unknown = set(extender) - set(EXTENDER_FIELDS)
+    assert not unknown, f"fields the upstream Extender type does not have: {unknown}"
+    for key, value in extender.items():
+        assert isinstance(value, EXTENDER_FIELDS[key]), (key, value)
+    assert extender["urlPrefix"]
+    if extender.get("prioritizeVerb"):
+        assert extender["weight"] > 0
+    assert set(extender.get("tlsConfig", {})) <= TLS_CONFIG_FIELDS
+    if extender.get("enableHTTPS"):
+        assert extender["urlPrefix"].startswith("https://")
+
+
+def served_verbs() -> set[str]:
+    """The POST routes the real extender application serves."""
+    cluster = Cluster(Settings())
+    app = create_app(cluster, Settings(), binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    return {
+        route.resource.canonical.strip("/")
+        for route in app.router.routes()
+        if route.method == "POST" and route.resource is not None
+    }
+
+
+@pytest.mark.parametrize(
+    ("overlay", "configmap", "workload", "ignorable"),
+    [
+        (
+            "default",
+            "hostport-aware-scheduler-config",
+            ("Deployment", "hostport-aware-scheduler"),
+            False,
+        ),
+        ("kubeadm", "default-scheduler-extender-config", ("DaemonSet", "hostport-extender"), True),
+    ],
+)
+def test_scheduler_config_extender_block(
+    rendered: dict[str, list[RawObject]],
+    overlay: str,
+    configmap: str,
+    workload: tuple[str, str],
+    ignorable: bool,
+) -> None:
+    """The extender block has only upstream fields and points at the verbs and port we serve."""
+    objects = rendered[overlay]
+    config = scheduler_config(objects, configmap)
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    (profile,) = config["profiles"]
+    assert profile["percentageOfNodesToScore"] == 100
+    (extender,) = config["extenders"]
+    check_extender_block(extender)
+    verbs = {extender[key] for key in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")}
+    assert verbs == set(VERBS) <= served_verbs()
+    assert extender["nodeCacheCapable"] is True
+    assert extender["ignorable"] is ignorable
+    assert duration_seconds(extender["httpTimeout"]) <= 2
+
+    pod_spec = find(objects, *workload)["spec"]["template"]["spec"]
+    args = parse_cli(container(pod_spec, "extender")["args"])
+    assert args.command == "serve"
+    assert extender["urlPrefix"] == f"http://{args.listen}"
+    assert args.listen.startswith("127.0.0.1:"), "the verbs are served on loopback only"
+    if overlay == "default":
+        assert profile["schedulerName"] == ROUTED_SCHEDULER == args.scheduler_name
+    else:
+        assert profile["schedulerName"] == "default-scheduler"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "workload"),
+    [
+        ("default", ("Deployment", "hostport-aware-scheduler")),
+        ("kubeadm", ("DaemonSet", "hostport-extender")),
+    ],
+)
+def test_extender_probes_hit_the_ops_listener(
+    rendered: dict[str, list[RawObject]], overlay: str, workload: tuple[str, str]
+) -> None:
+    """Liveness and readiness probe /healthz and /readyz on the port --ops-listen opens."""
+    pod_spec = find(rendered[overlay], *workload)["spec"]["template"]["spec"]
+    extender = container(pod_spec, "extender")
+    args = parse_cli(extender["args"])
+    ops_port = port_of(args.ops_listen)
+    assert named_port(extender, "ops") == ops_port
+    assert args.ops_listen.startswith("0.0.0.0:"), "kubelet probes come in on the pod IP"
+    assert extender["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert extender["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert named_port(extender, extender[probe]["httpGet"]["port"]) == ops_port
+    assert args.log_format == "json"
+
+
+def test_second_scheduler_deployment(rendered: dict[str, list[RawObject]]) -> None:
+    """Two replicas, spread, critical priority, scheduled by the default scheduler, hardened."""
+    objects = rendered["default"]
+    deployment = find(objects, "Deployment", "hostport-aware-scheduler")
+    assert deployment["spec"]["replicas"] >= 2
+    template = deployment["spec"]["template"]
+    pod_spec = template["spec"]
+    assert pod_spec["priorityClassName"] == "system-cluster-critical"
+    assert pod_spec["schedulerName"] == "default-scheduler"
+    terms = pod_spec["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert {t["podAffinityTerm"]["topologyKey"] for t in terms} >= {"kubernetes.io/hostname"}
+    labels = template["metadata"]["labels"]
+    assert labels[SELF_LABEL[0]] == SELF_LABEL[1], "the webhook must recognise its own pods"
+    pdb = find(objects, "PodDisruptionBudget", "hostport-aware-scheduler")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]
+
+    scheduler = container(pod_spec, "kube-scheduler")
+    assert scheduler["image"].startswith("registry.k8s.io/kube-scheduler:v1.")
+    config_flag = next(a for a in scheduler["command"] if a.startswith("--config="))
+    config_path = Path(config_flag.removeprefix("--config="))
+    (mount,) = [m for m in scheduler["volumeMounts"] if m["name"] == "config"]
+    assert config_path.parent == Path(mount["mountPath"])
+    (volume,) = [v for v in pod_spec["volumes"] if v["name"] == "config"]
+    configmap = find(objects, "ConfigMap", volume["configMap"]["name"])
+    assert config_path.name in configmap["data"]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert scheduler[probe]["httpGet"] == {"path": path, "port": "scheduler", "scheme": "HTTPS"}
+    assert named_port(scheduler, "scheduler") == 10259
+
+    for c in pod_spec["containers"]:
+        assert c["resources"]["requests"]["cpu"]
+        assert c["resources"]["limits"]["memory"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
+    """failurePolicy Ignore, short timeout, v1 reviews, and it reaches the webhook's /mutate."""
+    objects = rendered["default"]
+    (hook,) = find(objects, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    excluded = next(
+        e["values"]
+        for e in hook["namespaceSelector"]["matchExpressions"]
+        if e["key"] == "kubernetes.io/metadata.name"
+    )
+    assert set(excluded) == DEFAULT_EXCLUDED_NAMESPACES
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": SELF_LABEL[0], "operator": "NotIn", "values": [SELF_LABEL[1]]}
+    ]
+
+    service_ref = hook["clientConfig"]["service"]
+    assert service_ref["path"] == "/mutate"
+    service = find(objects, "Service", service_ref["name"])
+    assert service["metadata"]["namespace"] == service_ref["namespace"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == service_ref["port"]
+
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    template = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    assert template["metadata"]["labels"][SELF_LABEL[0]] == SELF_LABEL[1]
+    webhook = container(template["spec"], "webhook")
+    args = parse_cli(webhook["args"])
+    assert args.command == "webhook"
+    assert named_port(webhook, service_port["targetPort"]) == port_of(args.listen)
+    assert webhook["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (mount,) = webhook["volumeMounts"]
+    assert args.tls_cert == Path(mount["mountPath"]) / "tls.crt"
+    assert args.tls_key == Path(mount["mountPath"]) / "tls.key"
+    policy = policy_from_args(args)
+    assert policy.scheduler_name == ROUTED_SCHEDULER
+    assert policy.excluded_namespaces == DEFAULT_EXCLUDED_NAMESPACES
+    assert find(objects, "Namespace")["metadata"]["labels"]["hostports.dev/routing"] == "disabled"
+
+
+def selector_matches(selector: RawObject, labels: dict[str, str]) -> bool:
+    """A label selector's matchLabels/matchExpressions, as the API server evaluates them."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def webhook_is_called(hook: RawObject, raw_pod: RawObject, namespace: str) -> bool:
+    """Whether the API server would send this pod's CREATE to the webhook at all."""
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+    if not selector_matches(hook["namespaceSelector"], namespace_labels):
+        return False
+    if not selector_matches(hook["objectSelector"], raw_pod["metadata"].get("labels", {})):
+        return False
+    env = celpy.Environment()
+    activation = {"object": json_to_cel(raw_pod)}
+    return all(
+        bool(env.program(env.compile(condition["expression"])).evaluate(activation))
+        for condition in hook["matchConditions"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw_pod", "namespace", "reason"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_webhook_is_called_for_exactly_the_pods_it_routes(
+    rendered: dict[str, list[RawObject]], raw_pod: RawObject, namespace: str, reason: str
+) -> None:
+    """Selectors and CEL match conditions let through exactly the pods the webhook would route."""
+    (hook,) = find(rendered["default"], "MutatingWebhookConfiguration")["webhooks"]
+    args = parse_cli(["webhook", "--tls-cert", "c", "--tls-key", "k"])
+    decision = webhook_decision(raw_pod, namespace, policy_from_args(args))
+    assert decision.reason == reason
+    assert webhook_is_called(hook, raw_pod, namespace) == (reason == ROUTED)
+
+
+def test_cert_manager_overlay_wires_the_certificate(rendered: dict[str, list[RawObject]]) -> None:
+    """The Certificate fills the Secret the webhook mounts; its CA is injected into the hook."""
+    objects = rendered["cert-manager"]
+    certificate = find(objects, "Certificate")
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
+    configuration = find(objects, "MutatingWebhookConfiguration")
+    annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    meta = certificate["metadata"]
+    assert annotation == f"{meta['namespace']}/{meta['name']}"
+    (hook,) = configuration["webhooks"]
+    service = hook["clientConfig"]["service"]
+    assert f"{service['name']}.{service['namespace']}.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["usages"] == ["server auth", "digital signature"]
+
+
+def test_kubeadm_overlay_runs_beside_the_default_scheduler(
+    rendered: dict[str, list[RawObject]],
+) -> None:
+    """The extender runs on control-plane host networking with its ports declared."""
+    objects = rendered["kubeadm"]
+    daemonset = find(objects, "DaemonSet", "hostport-extender")
+    pod_spec = daemonset["spec"]["template"]["spec"]
+    assert pod_spec["hostNetwork"] is True
+    assert pod_spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": ""}
+    extender = container(pod_spec, "extender")
+    args = parse_cli(extender["args"])
+    declared = {(p["hostPort"], p.get("hostIP", "")) for p in extender["ports"]}
+    assert declared == {(port_of(args.listen), "127.0.0.1"), (port_of(args.ops_listen), "")}
+    patch = yaml.safe_load((CONFIG / "kubeadm/kubeadm-patch.yaml").read_text())
+    (config_arg,) = patch["scheduler"]["extraArgs"]
+    (volume,) = patch["scheduler"]["extraVolumes"]
+    assert config_arg == {"name": "config", "value": volume["mountPath"]}
+    assert Path(volume["hostPath"]).name == "kube-scheduler-config.yaml"
+    on_disk = yaml.safe_load((CONFIG / "kubeadm/kube-scheduler-config.yaml").read_text())
+    assert on_disk == scheduler_config(objects, "default-scheduler-extender-config")
+    readme = (CONFIG / "kubeadm/README.md").read_text()
+    assert "Trade-offs" in readme
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name a fully wired extender exports, as Prometheus would see them."""
+    metrics = new_metrics()
+    metrics.observe_index(lambda: (1, 1))
+    metrics.observe_readiness(AlwaysReady())
+    metrics.observe_conflicts(lambda: {"n1": 1})
+    metrics.observe_in_flight(lambda: 0)
+    metrics.informer_event("pods")
+    metrics.request_seconds.labels(verb="filter", code="200").observe(0.001)
+    metrics.rejections.labels(reason="hostPort").inc()
+    metrics.relists.labels(resource="pods").inc()
+    metrics.watch_restarts.labels(resource="pods").inc()
+    metrics.admission_reviews.labels(decision="routed").inc()
+    text = generate_latest(metrics.registry).decode()
+    return {
+        line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")
+    }
+
+
+def queries(rendered: dict[str, list[RawObject]]) -> Iterator[str]:
+    rule = find(rendered["monitoring"], "PrometheusRule")
+    for group in rule["spec"]["groups"]:
+        for item in group["rules"]:
+            yield item["expr"]
+    dashboard = json.loads((CONFIG / "monitoring/hostport-extender-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            yield target["expr"]
+
+
+def test_alerts_and_dashboard_query_metrics_that_exist(
+    rendered: dict[str, list[RawObject]],
+) -> None:
+    """The alerts the issue asks for exist, and every metric they or the dashboard use is real."""
+    rule = find(rendered["monitoring"], "PrometheusRule")
+    alerts = {item["alert"] for group in rule["spec"]["groups"] for item in group["rules"]}
+    assert {
+        "HostportExtenderNotReady",
+        "HostportExtenderFilterLatencyHigh",
+        "HostportExtenderWatchStale",
+        "HostportNodePortConflict",
+    } <= alerts
+    exported = exported_metric_names()
+    used = {
+        name for expr in queries(rendered) for name in re.findall(r"hostport_extender_\w+", expr)
+    }
+    assert used, "no query uses the extender's metrics"
+    assert used <= exported, used - exported
+    dashboard = json.loads((CONFIG / "monitoring/hostport-extender-dashboard.json").read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    configmap = find(rendered["monitoring"], "ConfigMap", "hostport-extender-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["hostport-extender-dashboard.json"]) == dashboard
+
+
+def sample_reserved() -> str:
+    patch = yaml.safe_load((CONFIG / "samples/node-reserved-ports.yaml").read_text())
+    text: str = patch["metadata"]["annotations"]["hostports.dev/reserved"]
+    return text
+
+
+def test_node_reserved_sample_parses_and_covers_the_host_daemons() -> None:
+    """The sample annotation parses strictly and lists kubelet, kube-proxy, exporter, EKS ports."""
+    specs = parse_port_specs(sample_reserved())
+    ports = {port for spec in specs for port in range(spec.first, spec.last + 1)}
+    assert {10250, 10249, 10256, 9100, 2703, 2705} <= ports
+    node = {
+        "metadata": {"name": "n1", "annotations": {"hostports.dev/reserved": sample_reserved()}}
+    }
+    decoded = decode_node(node)
+    assert decoded.problems == ()
+    assert len(decoded.reserved) == len(specs)
+
+
+async def test_node_reserved_sample_rejects_pods_on_those_ports(aiohttp_client: Any) -> None:
+    """A node patched with the sample turns away a pod wanting 2703 and accepts one on 8080."""
+    cluster = Cluster(Settings())
+    cluster.nodes.replace(
+        [
+            {
+                "metadata": {
+                    "name": "patched",
+                    "annotations": {"hostports.dev/reserved": sample_reserved()},
+                }
+            },
+            {"metadata": {"name": "plain"}},
+        ]
+    )
+    app = create_app(cluster, Settings(), binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    client = await aiohttp_client(app)
+
+    async def filter_with_host_port(port: int) -> RawObject:
+        pod = {
+            "metadata": {"name": f"p{port}", "namespace": "t", "uid": f"u{port}"},
+            "spec": {
+                "containers": [{"name": "c", "ports": [{"containerPort": port, "hostPort": port}]}]
+            },
+        }
+        response = await client.post(
+            "/filter", json={"Pod": pod, "NodeNames": ["patched", "plain"]}
+        )
+        answer: RawObject = await response.json()
+        return answer
+
+    blocked = await filter_with_host_port(2703)
+    assert blocked["NodeNames"] == ["plain"]
+    (reason,) = {**blocked["FailedNodes"], **blocked["FailedAndUnresolvableNodes"]}.values()
+    assert "2703/TCP" in reason
+    assert (await filter_with_host_port(8080))["NodeNames"] == ["patched", "plain"]
+
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod_spec: RawObject) -> list[str]:
+    """What the `restricted` Pod Security Standard would refuse in this pod spec."""
+    found = []
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(field):
+            found.append(field)
+    pod_security = pod_spec.get("securityContext", {})
+    for c in pod_spec["containers"] + pod_spec.get("initContainers", []):
+        security = c.get("securityContext", {})
+        name = c["name"]
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation")
+        if security.get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append(f"{name}: capabilities not dropped")
+        if not security.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
+            found.append(f"{name}: runAsNonRoot")
+        seccomp = security.get("seccompProfile", pod_security.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile")
+    for volume in pod_spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {kinds}")
+    return found
+
+
+@pytest.mark.parametrize("overlay", ["default", "kubeadm", "cert-manager"])
+def test_workloads_pass_their_namespace_pod_security_level(
+    rendered: dict[str, list[RawObject]], overlay: str
+) -> None:
+    """Pods meet the namespace's enforced level: restricted, or privileged only for hostNetwork."""
+    objects = rendered[overlay]
+    level = find(objects, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")]
+    assert workloads
+    for workload in workloads:
+        pod_spec = workload["spec"]["template"]["spec"]
+        violations = restricted_violations(pod_spec)
+        if level == "restricted":
+            assert violations == [], workload["metadata"]["name"]
+        else:
+            # Privileged only because the kubeadm DaemonSet needs the host network.
+            assert level == "privileged"
+            assert overlay == "kubeadm"
+            assert pod_spec["hostNetwork"] is True
+            assert violations == ["hostNetwork", "extender: hostPort"]
+
+
+def schema_errors(value: Any, type_name: str, path: str) -> Iterator[str]:
+    """Fields the Kubernetes OpenAPI schema does not have, and values of the wrong JSON type.
+
+    Walks the official client's generated models (their `attribute_map` and `openapi_types`
+    mirror the API's OpenAPI schema), so a misspelt field fails here instead of being dropped
+    or refused by the API server.
+    """
+    if type_name.startswith("List["):
+        if not isinstance(value, list):
+            yield f"{path}: want a list"
+            return
+        for index, item in enumerate(value):
+            yield from schema_errors(item, type_name[5:-1], f"{path}[{index}]")
+        return
+    if type_name.startswith("Dict["):
+        if not isinstance(value, dict):
+            yield f"{path}: want a mapping"
+            return
+        inner = type_name[5:-1].partition(", ")[2]
+        for key, item in value.items():
+            yield from schema_errors(item, inner, f"{path}.{key}")
+        return
+    primitives: dict[str, type | tuple[type, ...]] = {
+        "str": str,
+        "int": int,
+        "bool": bool,
+        "float": (int, float),
+        "object": object,
+        "datetime": str,
+        "bytearray": str,
+    }
+    if type_name in primitives:
+        if not isinstance(value, primitives[type_name]):
+            yield f"{path}: {value!r} is not {type_name}"
+        return
+    model = getattr(kubernetes.client, type_name)
+    if not isinstance(value, dict):
+        yield f"{path}: want an object ({type_name})"
+        return
+    by_json_name = {json_name: name for name, json_name in model.attribute_map.items()}
+    for key, item in value.items():
+        if key not in by_json_name:
+            yield f"{path}.{key}: no such field in {type_name}"
+        else:
+            yield from schema_errors(item, model.openapi_types[by_json_name[key]], f"{path}.{key}")
+
+
+CORE_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "DaemonSet",
+    "PodDisruptionBudget",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "MutatingWebhookConfiguration",
+}
+
+
+@pytest.mark.parametrize("overlay", ["default", "kubeadm", "cert-manager"])
+def test_objects_match_the_kubernetes_schema(
+    rendered: dict[str, list[RawObject]], overlay: str
+) -> None:
+    """Every built-in object uses only fields of its Kubernetes type, with the right JSON types."""
+    checked = 0
+    for o in rendered[overlay]:
+        if o["kind"] not in CORE_KINDS:
+            continue
+        errors = list(schema_errors(o, f"V1{o['kind']}", f"{o['kind']}/{o['metadata']['name']}"))
+        assert errors == []
+        checked += 1
+    assert checked >= 6
+
+
+def test_schema_check_catches_a_misspelt_field() -> None:
+    """The schema walk is not vacuous: a typo deep in a pod template is reported."""
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "selector": {},
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "c", "securityContext": {"readOnlyRootFileSystem": True}}
+                    ]
+                }
+            },
+        },
+    }
+    assert list(schema_errors(deployment, "V1Deployment", "d")) == [
+        "d.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem: "
+        "no such field in V1SecurityContext"
+    ]
