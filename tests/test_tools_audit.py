@@ -302,3 +302,11 @@ def test_bad_ephemeral_range_is_one_line(text: str, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith("hostport-extender: error: ephemeral range")
     assert err.count("\n") == 1
+
+
+def test_snapshot_and_live_options_do_not_mix(capsys: pytest.CaptureFixture[str]) -> None:
+    """--kubeconfig with --snapshot is a mistake worth one clear line, not a silent choice."""
+    assert main(["audit", "--snapshot", SAMPLE, "--kubeconfig", "/dev/null"]) == 2
+    assert capsys.readouterr().err == (
+        "hostport-extender: error: --kubeconfig and --context are for live mode: drop --snapshot\n"
+    )
