@@ -3,6 +3,7 @@ small clusters built for one rule each."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -310,3 +311,14 @@ def test_snapshot_and_live_options_do_not_mix(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == (
         "hostport-extender: error: --kubeconfig and --context are for live mode: drop --snapshot\n"
     )
+
+
+def test_the_gc_is_back_on_after_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """The tools pause the cyclic GC while they run; an in-process caller gets it back, even
+    when the command fails."""
+    assert gc.isenabled()
+    main(["audit", "--snapshot", SAMPLE])
+    assert gc.isenabled()
+    assert main(["who", "nowhere", "--snapshot", SAMPLE]) == 2
+    assert gc.isenabled()
+    capsys.readouterr()

@@ -7,8 +7,12 @@ would not fit, 2 for errors (printed as one line by `extender.cli`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import gc
 import os
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from extender.tools.audit import DEFAULT_EPHEMERAL_RANGE, audit, parse_ephemeral_range
@@ -87,6 +91,37 @@ def style_for(stream: TextIO) -> Style:
     return Style(stream.isatty() and not os.environ.get("NO_COLOR"))
 
 
+Run = Callable[[argparse.Namespace], int]
+
+
+@contextlib.contextmanager
+def _without_gc() -> Iterator[None]:
+    """Pause the cyclic GC for the whole command.
+
+    Loading allocates millions of objects that all stay alive until exit; the GC's passes over
+    them find nothing and nearly double the run (`audit` of 5,000 nodes x 30 pods from
+    bench/tools_scale.py: 4.3 s -> 2.5 s). A command is one-shot, so nothing is lost; the GC is
+    back on afterwards for whoever called it in-process (tests).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _one_shot(run: Run) -> Run:
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        with _without_gc():
+            return run(args)
+
+    return wrapper
+
+
+@_one_shot
 def run_audit(args: argparse.Namespace) -> int:
     ephemeral = parse_ephemeral_range(args.ephemeral_range)
     loaded = load(args)
@@ -95,6 +130,7 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+@_one_shot
 def run_check(args: argparse.Namespace) -> int:
     manifests = read_manifests(args.filename, sys.stdin.buffer)
     loaded = load(args)
@@ -104,6 +140,7 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if report.fits else 1
 
 
+@_one_shot
 def run_who(args: argparse.Namespace) -> int:
     query = parse_port_query(args.port) if args.port else None
     loaded = load(args)

@@ -8,9 +8,7 @@ Cluster does not keep).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,24 +59,7 @@ def load(args: argparse.Namespace) -> Loaded:
     settings = Settings.from_sources(
         args.config, {"cluster_reserved_ports": args.cluster_reserved_ports}
     )
-    with _no_gc_while_loading():
-        return build(settings, list_objects(args))
-
-
-@contextlib.contextmanager
-def _no_gc_while_loading() -> Iterator[None]:
-    """Loading allocates millions of objects that all stay alive: the cyclic GC's passes over
-    them find nothing and nearly double the run (`audit` of 5,000 nodes x 30 pods from
-    bench/tools_scale.py: 4.3 s -> 2.5 s). The tools are one-shot commands, so collection is
-    paused for the load and the loaded heap frozen out of later passes."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    return build(settings, list_objects(args))
 
 
 def list_objects(args: argparse.Namespace) -> SnapshotObjects:
