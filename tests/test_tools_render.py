@@ -135,3 +135,51 @@ def test_who_with_no_claims(capsys: pytest.CaptureFixture[str], tmp_path: Any) -
     )
     assert main(["who", "n1", "--snapshot", str(dump)]) == 0
     assert capsys.readouterr().out == "n1: no claims\n"
+
+
+def test_check_table_summarises_long_node_lists(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a big cluster the table lists 20 nodes per status and counts the rest by reason;
+    `-o json` still lists every node."""
+    items: list[dict[str, Any]] = []
+    for i in range(80):
+        name = f"n{i:02}"
+        labels = {"role": "ingress"} if i < 50 else {}
+        items.append(
+            {
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels},
+                "status": {"nodeInfo": {}},
+            }
+        )
+        if i < 25:
+            ports = [{"containerPort": 80, "hostPort": 80}]
+            spec = {"nodeName": name, "containers": [{"name": "c", "ports": ports}]}
+            items.append(
+                {"kind": "Pod", "metadata": {"name": f"web-{i}", "namespace": "w"}, "spec": spec}
+            )
+    dump = tmp_path / "big.json"
+    dump.write_text(json.dumps({"kind": "List", "items": items}))
+    manifest = tmp_path / "ds.yaml"
+    manifest.write_text(
+        "kind: DaemonSet\nmetadata: {name: edge}\nspec:\n  selector: {matchLabels: {app: edge}}\n"
+        "  template:\n    spec:\n      nodeSelector: {role: ingress}\n"
+        "      containers: [{name: c, ports: [{containerPort: 80, hostPort: 80}]}]\n"
+    )
+    assert main(["check", "-f", str(manifest), "--snapshot", str(dump)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "  would fail on 25 of 50 targeted nodes" in lines
+    statuses = [line.split()[1] for line in lines if line.startswith("  n")]
+    assert statuses.count("blocked") == 20
+    assert statuses.count("free") == 20
+    assert any(line.split()[:3] == ["(5", "more)", "blocked"] for line in lines)
+    assert any(line.split()[:3] == ["(5", "more)", "free"] for line in lines)
+    assert any("(30 nodes)  not targeted  nodeSelector role=ingress" in line for line in lines)
+    main(["check", "-f", str(manifest), "--snapshot", str(dump), "-o", "json"])
+    (workload,) = json.loads(capsys.readouterr().out)["workloads"]
+    assert (len(workload["blocked"]), len(workload["free"]), len(workload["untargeted"])) == (
+        25,
+        25,
+        30,
+    )

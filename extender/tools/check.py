@@ -76,18 +76,18 @@ class WorkloadCheck:
             return "no host ports: ports never keep it off a node"
         if self.workload.replicas is None:
             if not self.blocked:
-                return f"fits on all {targeted} targeted nodes"
-            return f"would fail on {len(self.blocked)} of {targeted} targeted nodes"
+                return f"fits on all {targeted:,} targeted nodes"
+            return f"would fail on {len(self.blocked):,} of {targeted:,} targeted nodes"
         replicas = self.workload.replicas
         if self.exclusive and replicas > len(self.free):
             pending = replicas - len(self.free)
             return (
-                f"{replicas} pods need {replicas} nodes, {len(self.free)} free: "
-                f"{pending} would stay Pending"
+                f"{replicas:,} pods need {replicas:,} nodes, {len(self.free):,} free: "
+                f"{pending:,} would stay Pending"
             )
         if not self.free:
             return "no node can take it"
-        return f"fits: {len(self.free)} free nodes for {replicas} pods"
+        return f"fits: {len(self.free):,} free nodes for {replicas:,} pods"
 
     def as_json(self) -> dict[str, Any]:
         workload = self.workload

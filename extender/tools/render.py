@@ -6,6 +6,7 @@ documents the extender serves under `/debug`; the README lists their keys.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,9 @@ from extender.tools.check import PLACEMENT_NOTE, CheckReport
 from extender.tools.who import WhoReport
 
 FORMATS = ("table", "json", "yaml")
+NODE_ROWS = 20
+"""Per status, how many nodes `check`'s table lists before it summarises the rest."""
+NAMES_SHOWN = 5
 
 
 class Style:
@@ -129,15 +133,27 @@ def check_table(report: CheckReport, style: Style) -> str:
             f"  {verdict}",
         ]
         if check.replacing:
-            lines.append(f"  replacing its existing pods: {', '.join(check.replacing)}")
+            shown = ", ".join(check.replacing[:NAMES_SHOWN])
+            more = len(check.replacing) - NAMES_SHOWN
+            tail = f" and {more:,} more" if more > 0 else ""
+            lines.append(f"  replacing its existing pods: {shown}{tail}")
         rows: list[tuple[str, str, str]] = []
-        for blocked in check.blocked:
+        for blocked in check.blocked[:NODE_ROWS]:
             for index, reason in enumerate(blocked.reasons):
                 rows.append(
                     (blocked.node if index == 0 else "", "blocked" if index == 0 else "", reason)
                 )
-        rows.extend((node, "free", "") for node in check.free)
-        rows.extend((u.node, "not targeted", u.reason) for u in check.untargeted)
+        rows.extend(_more(len(check.blocked), "blocked"))
+        rows.extend((node, "free", "") for node in check.free[:NODE_ROWS])
+        rows.extend(_more(len(check.free), "free"))
+        if len(check.untargeted) <= NODE_ROWS:
+            rows.extend((u.node, "not targeted", u.reason) for u in check.untargeted)
+        else:
+            by_reason = Counter(u.reason for u in check.untargeted)
+            rows.extend(
+                (f"({_plural(count, 'node')})", "not targeted", reason)
+                for reason, count in sorted(by_reason.items())
+            )
         text = "\n".join(lines) + "\n"
         if check.host_ports and rows:
             text += table(("NODE", "PORT CHECK", "WHY"), rows, style, (None, _status(style)), "  ")
@@ -148,6 +164,13 @@ def check_table(report: CheckReport, style: Style) -> str:
         parts.append("no workloads found\n")
     parts.append(f"approximate: {PLACEMENT_NOTE}\n")
     return "\n".join(parts)
+
+
+def _more(count: int, status: str) -> list[tuple[str, str, str]]:
+    """The line standing for rows left out of a long table (JSON output lists them all)."""
+    if count <= NODE_ROWS:
+        return []
+    return [(f"({count - NODE_ROWS:,} more)", status, "see -o json for every node")]
 
 
 def _status(style: Style) -> Any:
