@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constra
 HOST   ?= 127.0.0.1
 PORT   ?= 8888
 
-.PHONY: run test lint typecheck unit bench bench-quick clean
+.PHONY: run test lint typecheck unit system-deps bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/hostport-extender serve --snapshot config/samples/cluster.yaml --listen $(HOST):$(PORT)
 
-test: lint typecheck unit
+test: system-deps lint typecheck unit
+
+system-deps:
+	@scripts/system-deps
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -193,7 +193,10 @@ async def handle_filter(request: web.Request) -> web.Response:
 
 def _count_rejections(metrics: Metrics, verdict: FilterVerdict, rejected: dict[str, str]) -> None:
     # One counter update per kind, not per node: a filter over 5,000 nodes stays cheap.
-    kinds = Counter(verdict.kinds.get(node, ClaimKind.IN_FLIGHT.value) for node in rejected)
+    kinds = Counter(claim.kind.value for claim in verdict.held.values())
+    in_flight_only = len(rejected) - len(verdict.held)
+    if in_flight_only:
+        kinds[ClaimKind.IN_FLIGHT.value] += in_flight_only
     for kind, count in kinds.items():
         metrics.rejections.labels(reason=kind).inc(count)
 

@@ -13,6 +13,7 @@ from itertools import filterfalse
 from extender.cluster import Cluster
 from extender.inflight import Tentative
 from extender.pods import PodPorts, in_flight_owner
+from extender.ports import Claim
 from extender.wire import Victims
 
 MAX_SCORE = 10
@@ -26,8 +27,8 @@ class FilterVerdict:
 
     rejected: dict[str, str]
     in_flight: dict[str, Tentative] = field(default_factory=dict)
-    kinds: dict[str, str] = field(default_factory=dict)
-    """node -> kind of the claim that rejected it (a bounded set: the rejection metric's label)."""
+    held: dict[str, Claim] = field(default_factory=dict)
+    """node -> the claim that rejected it (its kind labels the rejection metric)."""
 
     def final(self) -> dict[str, str]:
         """Rejections, counting nodes an in-flight pod may take as rejected too."""
@@ -44,11 +45,10 @@ def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> 
     ignore = (pod.uid, in_flight_owner(pod.uid))
     held = cluster.index.conflicts(wanted, candidates, ignore)
     rejected = {node: claim.reason for node, claim in held.items()}
-    kinds = {node: claim.kind.value for node, claim in held.items()}
     in_flight = cluster.in_flight.blocking(wanted, pod.uid, candidates, cluster.clock())
     if in_flight and rejected:
         in_flight = {node: t for node, t in in_flight.items() if node not in rejected}
-    return FilterVerdict(rejected, in_flight, kinds)
+    return FilterVerdict(rejected, in_flight, held)
 
 
 def passed_nodes(candidates: Sequence[str], rejected: Mapping[str, str]) -> list[str]:
