@@ -546,3 +546,24 @@ def test_workload_without_host_ports_fits(
     out = capsys.readouterr().out
     assert "host ports: none" in out
     assert "no host ports: ports never keep it off a node" in out
+
+
+def test_namespace_option_places_objects_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-n` puts namespace-less objects where `kubectl apply -n` would, so the workload's own
+    running pods are found there and replaced."""
+    deployment = ingress_deployment(3)
+    del deployment["metadata"]["namespace"]
+    path = write(tmp_path, deployment)
+    main(["check", "-f", str(path), "-n", "ingress-nginx", "--snapshot", SAMPLE, "-o", "json"])
+    (workload,) = json.loads(capsys.readouterr().out)["workloads"]
+    assert workload["namespace"] == "ingress-nginx"
+    assert len(workload["replacing"]) == 3
+    main(["check", "-f", str(path), "--snapshot", SAMPLE, "-o", "json"])
+    (elsewhere,) = json.loads(capsys.readouterr().out)["workloads"]
+    assert (elsewhere["namespace"], elsewhere["replacing"], elsewhere["fits"]) == (
+        "default",
+        [],
+        False,
+    )

@@ -63,6 +63,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="MANIFEST",
         help="YAML or JSON manifests, multi-document allowed; - reads stdin",
     )
+    check_parser.add_argument(
+        "-n",
+        "--namespace",
+        default="default",
+        help="namespace of objects that name none (default %(default)s)",
+    )
     _common(check_parser)
     check_parser.set_defaults(run=run_check)
 
@@ -132,7 +138,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
 @_one_shot
 def run_check(args: argparse.Namespace) -> int:
-    manifests = read_manifests(args.filename, sys.stdin.buffer)
+    manifests = read_manifests(args.filename, sys.stdin.buffer, args.namespace)
     loaded = load(args)
     nodes = [node_facts(raw) for raw in loaded.raw_nodes]
     report = check_manifests(loaded.cluster, nodes, loaded.raw_pods, manifests)

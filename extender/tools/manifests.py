@@ -66,8 +66,9 @@ class Manifests:
     """`Kind namespace/name` of objects that create no pods."""
 
 
-def read_manifests(paths: Sequence[str], stdin: IO[bytes]) -> Manifests:
-    """Every workload in `paths` (`-` reads `stdin`); ManifestError names the file on failure."""
+def read_manifests(paths: Sequence[str], stdin: IO[bytes], namespace: str = "default") -> Manifests:
+    """Every workload in `paths` (`-` reads `stdin`); ManifestError names the file on failure.
+    Objects without `metadata.namespace` go to `namespace`, as `kubectl apply -n` would."""
     workloads: list[Workload] = []
     skipped: list[str] = []
     for path in paths:
@@ -75,7 +76,7 @@ def read_manifests(paths: Sequence[str], stdin: IO[bytes]) -> Manifests:
         label = "stdin" if path == STDIN else path
         for number, raw in _documents(data, label):
             source = f"{label}, document {number}"
-            workload = workload_of(raw, source)
+            workload = workload_of(raw, source, namespace)
             if workload is None:
                 skipped.append(_describe(raw))
             else:
@@ -127,7 +128,7 @@ def _flatten(document: object, where: str) -> Iterator[RawObject]:
     yield document
 
 
-def workload_of(raw: RawObject, source: str) -> Workload | None:
+def workload_of(raw: RawObject, source: str, default_namespace: str = "default") -> Workload | None:
     """The workload in one object, or None for kinds that create no pods."""
     kind = raw.get("kind")
     if kind not in WORKLOAD_KINDS:
@@ -136,7 +137,7 @@ def workload_of(raw: RawObject, source: str) -> Workload | None:
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{source}: {kind} without metadata.name")
-    namespace = metadata.get("namespace") or "default"
+    namespace = metadata.get("namespace") or default_namespace
     if not isinstance(namespace, str):
         raise ManifestError(f"{source}: {kind} {name}: metadata.namespace must be a string")
     where = f"{source}: {kind} {namespace}/{name}"
