@@ -567,3 +567,13 @@ def test_namespace_option_places_objects_without_one(
         [],
         False,
     )
+
+
+def test_a_dump_without_nodes_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kubectl get pods` alone cannot say where a workload fits: one line says what to dump."""
+    dump = tmp_path / "pods.json"
+    dump.write_text(json.dumps({"kind": "List", "items": []}))
+    assert main(["check", "-f", DAEMONSET, "--snapshot", str(dump)]) == 2
+    assert "no Node objects to check against" in capsys.readouterr().err

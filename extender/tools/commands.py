@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+from extender.errors import ExtenderError
 from extender.tools.audit import DEFAULT_EPHEMERAL_RANGE, audit, parse_ephemeral_range
 from extender.tools.check import check_manifests
 from extender.tools.manifests import read_manifests
@@ -141,6 +142,8 @@ def run_check(args: argparse.Namespace) -> int:
     manifests = read_manifests(args.filename, sys.stdin.buffer, args.namespace)
     loaded = load(args)
     nodes = [node_facts(raw) for raw in loaded.raw_nodes]
+    if not nodes:
+        raise ExtenderError("no Node objects to check against: dump `kubectl get nodes,pods -A`")
     report = check_manifests(loaded.cluster, nodes, loaded.raw_pods, manifests)
     _emit(report.as_json(), args.output, lambda style: check_table(report, style))
     return 0 if report.fits else 1
