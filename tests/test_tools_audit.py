@@ -8,9 +8,12 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extender.cli import main
 from extender.cluster import Cluster
+from extender.ports import Claim, ClaimKind
 from extender.settings import Settings
 from extender.snapshot import SnapshotObjects
 from extender.tools.audit import EPHEMERAL_PORT, UDP_OWNER_SWITCH, AuditReport, audit
@@ -322,3 +325,78 @@ def test_the_gc_is_back_on_after_a_command(capsys: pytest.CaptureFixture[str]) -
     assert main(["who", "nowhere", "--snapshot", SAMPLE]) == 2
     assert gc.isenabled()
     capsys.readouterr()
+
+
+CLAIMS = st.lists(
+    st.tuples(
+        st.sampled_from(["pod-a", "pod-b", "pod-c", "node:n1:reserved", "cluster:reserved"]),
+        st.sampled_from(["TCP", "UDP"]),
+        st.integers(1, 40),
+        st.integers(0, 80),
+        st.sampled_from(["", "10.0.0.1", "10.0.0.2", "fd00::1"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(CLAIMS)
+def test_audit_finds_exactly_the_colliding_pairs(
+    raw_claims: list[tuple[str, str, int, int, str]],
+) -> None:
+    """The sweep over sorted claims reports exactly the pairs a brute-force check of every pair
+    finds: different owners, colliding, at least one a pod's."""
+    cluster = Cluster(Settings())
+    cluster.nodes.replace([node("n1")])
+    by_owner: dict[str, list[Claim]] = {}
+    reserved: list[Claim] = []
+    for owner, protocol, first, width, ip in raw_claims:
+        if owner == "cluster:reserved":
+            kind = ClaimKind.CLUSTER_RESERVED
+        elif owner.startswith("node:"):
+            kind = ClaimKind.NODE_RESERVED
+        else:
+            kind = ClaimKind.HOST_PORT
+        claim = Claim(protocol, first, first + width, ip, kind, owner, f"holder {owner}")
+        (reserved if kind is ClaimKind.CLUSTER_RESERVED else by_owner.setdefault(owner, [])).append(
+            claim
+        )
+    cluster.index.cluster_reserved = tuple(reserved)
+    for owner, claims in by_owner.items():
+        cluster.index.set_owner(owner, "n1", claims)
+    everything = cluster.index.claims_on("n1")
+    expected = {
+        frozenset(
+            {
+                (a.owner, a.protocol, a.first, a.last, a.ip),
+                (b.owner, b.protocol, b.first, b.last, b.ip),
+            }
+        )
+        for i, a in enumerate(everything)
+        for b in everything[i + 1 :]
+        if a.owner != b.owner and a.collides(b) and ClaimKind.HOST_PORT in (a.kind, b.kind)
+    }
+    found = [
+        frozenset(
+            (
+                c.claims[k].holder.removeprefix("holder "),
+                c.claims[k].protocol,
+                c.claims[k].first,
+                c.claims[k].last,
+                c.claims[k].address,
+            )
+            for k in (0, 1)
+        )
+        for c in audit(cluster).conflicts
+    ]
+    assert len(found) == len(set(found))
+    assert set(found) == expected
+
+
+def test_a_port_declared_and_annotated_collides_once() -> None:
+    """A hostNetwork pod that declares :80 and also annotates it meets the ingress once."""
+    agent = pod("agent", node="n1", host_network=True, ports=[port(80)], annotations={LISTEN: "80"})
+    ingress = pod("ingress", node="n1", ports=[port(80, 80)])
+    assert pairs(audit_of([agent, ingress])) == [
+        ("80/TCP", "*", "hostNetwork pod default/agent", "hostPort pod default/ingress")
+    ]

@@ -137,6 +137,8 @@ def _conflicts_on(cluster: Cluster, node: str, claims: list[Claim]) -> list[Conf
     """Sweep claims sorted by protocol and first port: O(n log n + colliding pairs)."""
     ordered = sorted(claims, key=lambda c: (c.protocol, c.first, c.last, c.ip, c.holder))
     found: list[Conflict] = []
+    # A pod can hold one port twice (declared and annotated): report each pair of holdings once.
+    seen: set[frozenset[tuple[str, str, int, int, str]]] = set()
     for index, claim in enumerate(ordered):
         for other in ordered[index + 1 :]:
             if other.protocol != claim.protocol or other.first > claim.last:
@@ -145,6 +147,10 @@ def _conflicts_on(cluster: Cluster, node: str, claims: list[Claim]) -> list[Conf
                 continue
             if claim.kind not in POD_KINDS and other.kind not in POD_KINDS:
                 continue
+            pair = frozenset((_holding(claim), _holding(other)))
+            if pair in seen:
+                continue
+            seen.add(pair)
             found.append(
                 Conflict(
                     node,
@@ -156,6 +162,10 @@ def _conflicts_on(cluster: Cluster, node: str, claims: list[Claim]) -> list[Conf
                 )
             )
     return found
+
+
+def _holding(claim: Claim) -> tuple[str, str, int, int, str]:
+    return (claim.owner, claim.protocol, claim.first, claim.last, claim.ip)
 
 
 def _ephemeral_risks(
