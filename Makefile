@@ -39,3 +39,15 @@ unit: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks (bench/): ours against a null extender in the same run; see the README's Performance
+# section. Reports go to bench/results/ (gitignored); `make bench` also refreshes docs/bench/.
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) -e '.[bench]'
+	@touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run --docs docs/bench
+
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run --quick --docs docs/bench

@@ -13,18 +13,19 @@ from itertools import filterfalse
 from extender.cluster import Cluster
 from extender.inflight import Tentative
 from extender.pods import PodPorts, in_flight_owner
-from extender.ports import Claim
+from extender.ports import SPREAD_MAX_SCORE, Claim
 from extender.wire import Victims
 
-MAX_SCORE = 10
 FLAT_SCORE = 0
 """The score of every node for a pod without host-level ports: no opinion."""
 
 
 @dataclass(slots=True)
 class FilterVerdict:
-    """Which candidates a pod may not go to and why, and which are only held by in-flight pods."""
+    """Which candidates a pod may go to, which it may not and why, and which are only held by
+    in-flight pods."""
 
+    passed: list[str]
     rejected: dict[str, str]
     in_flight: dict[str, Tentative] = field(default_factory=dict)
     held: dict[str, Claim] = field(default_factory=dict)
@@ -40,15 +41,23 @@ class FilterVerdict:
 
 
 def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> FilterVerdict:
-    """Reject the candidates where one of the pod's ports collides with a claim held there."""
+    """Reject the candidates where one of the pod's ports collides with a claim held there.
+
+    The candidate names are walked once, in C (`filterfalse`); everything else is proportional
+    to the nodes holding the pod's ports.
+    """
     wanted = pod.wanted
     ignore = (pod.uid, in_flight_owner(pod.uid))
-    held = cluster.index.conflicts(wanted, candidates, ignore)
+    held = cluster.index.conflicts(wanted, candidates, ignore, exact=False)
+    passed = list(filterfalse(held.__contains__, candidates)) if held else list(candidates)
+    if len(candidates) - len(passed) != len(held):
+        # Some holders were not candidates (or names repeat): keep the candidates' entries only.
+        held = {node: held[node] for node in candidates if node in held}
     rejected = {node: claim.reason for node, claim in held.items()}
-    in_flight = cluster.in_flight.blocking(wanted, pod.uid, candidates, cluster.clock())
-    if in_flight and rejected:
-        in_flight = {node: t for node, t in in_flight.items() if node not in rejected}
-    return FilterVerdict(rejected, in_flight, held)
+    in_flight = cluster.in_flight.blocking(wanted, pod.uid, passed, cluster.clock())
+    if in_flight:
+        passed = list(filterfalse(in_flight.__contains__, passed))
+    return FilterVerdict(passed, rejected, in_flight, held)
 
 
 def passed_nodes(candidates: Sequence[str], rejected: Mapping[str, str]) -> list[str]:
@@ -58,26 +67,23 @@ def passed_nodes(candidates: Sequence[str], rejected: Mapping[str, str]) -> list
     return list(filterfalse(rejected.__contains__, candidates))
 
 
-def score_nodes(
-    cluster: Cluster, pod: PodPorts, candidates: Sequence[str]
-) -> list[tuple[str, int]]:
-    """0..10 per candidate: spread host-port workloads, avoid fresh UDP owner switches.
+def score_nodes(cluster: Cluster, pod: PodPorts) -> tuple[Mapping[str, int], int]:
+    """Scores 0..10 as (node -> score, score of every other node).
 
-    A node scores 10 minus the number of pods holding host-level ports there (floor 0); a node
-    where one of the pod's UDP ports recently changed owner between a hostPort pod and a
-    host-network listener scores 0, because stale conntrack entries would blackhole its clients.
+    Spread host-port workloads: a node scores 10 minus the number of pods holding host-level
+    ports there (floor 0). Avoid fresh UDP owner switches: a node where one of the pod's UDP
+    ports recently changed owner between a hostPort pod and a host-network listener scores 0,
+    because stale conntrack entries would blackhole its clients. Pods without claims score
+    FLAT_SCORE everywhere. Returning a mapping keeps the per-node work to one lookup, done
+    while encoding.
     """
     if not pod.wanted:
-        return [(node, FLAT_SCORE) for node in candidates]
-    counts = cluster.index.pod_counts
+        return {}, FLAT_SCORE
+    spread = cluster.index.spread_scores
     risky = cluster.index.udp_switch_risks(pod.wanted, pod.family)
-    scores = []
-    for node in candidates:
-        if node in risky:
-            scores.append((node, 0))
-        else:
-            scores.append((node, max(0, MAX_SCORE - counts.get(node, 0))))
-    return scores
+    if risky:
+        return {**spread, **dict.fromkeys(risky, 0)}, SPREAD_MAX_SCORE
+    return spread, SPREAD_MAX_SCORE
 
 
 def filter_preemption(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import ssl
@@ -19,9 +18,10 @@ from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
 from extender.errors import ExtenderError
+from extender.heap import freeze_heap
 from extender.metrics import new_metrics
 from extender.ops import create_ops_app
-from extender.readiness import AlwaysReady
+from extender.readiness import AlwaysReady, Readiness
 from extender.settings import Settings
 from extender.snapshot import load_objects
 
@@ -54,6 +54,18 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         metavar="FILE",
         help="YAML settings file (keys as in extender/settings.py)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="live mode: kubeconfig (default: in-cluster, else $KUBECONFIG, ~/.kube/config)",
+    )
+    parser.add_argument("--context", help="live mode: kubeconfig context (default: current)")
+    parser.add_argument(
+        "--staleness-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="live mode: not ready once a watch has been broken this long (default 60)",
     )
     parser.add_argument("--scheduler-name", help="only check pods of this schedulerName")
     parser.add_argument(
@@ -98,6 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "cluster_reserved_ports": args.cluster_reserved_ports,
         "protected_ports": args.protected_ports,
         "max_body_bytes": args.max_body_bytes,
+        "staleness_seconds": args.staleness_seconds,
     }
     if args.listen:
         overrides["listen_host"], overrides["listen_port"] = parse_listen(args.listen)
@@ -110,39 +123,47 @@ def run(args: argparse.Namespace) -> int:
     tls_files = tls.files_from_args(args)
     ssl_context = tls.server_context(tls_files) if tls_files is not None else None
     ops_address = parse_listen(args.ops_listen) if args.ops_listen else None
-    if not args.snapshot:
-        raise ExtenderError("live mode is not available yet: pass --snapshot FILE")
-    cluster = Cluster(settings)
-    objects = load_objects(args.snapshot)
-    cluster.nodes.replace(objects.nodes)
-    cluster.pods.replace(objects.pods)
-    freeze_heap()
     metrics = new_metrics()
-    readiness = AlwaysReady()
-    app = create_app(
-        cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
-    )
+    hint: Path | None = None
+    readiness: Readiness
+    if not args.snapshot:
+        # Imported here so that snapshot mode never loads the `kubernetes` package.
+        from extender.live import create_live_app  # noqa: PLC0415
+
+        app, readiness, summary = create_live_app(
+            settings, kubeconfig=args.kubeconfig, context=args.context, metrics=metrics
+        )
+    else:
+        if args.kubeconfig or args.context:
+            raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
+        cluster, summary = load_snapshot_cluster(settings, args.snapshot)
+        freeze_heap()
+        readiness = AlwaysReady()
+        app = create_app(
+            cluster, settings, binder=SnapshotBinder(cluster), readiness=readiness, metrics=metrics
+        )
+        hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     ops_app = create_ops_app(metrics, readiness) if ops_address is not None else None
-    summary = (
-        f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
-        f"({len(cluster.pods_by_uid)} with host-level ports) from "
-        + ", ".join(map(str, args.snapshot))
-    )
-    hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     ops = (ops_app, *ops_address) if ops_app is not None and ops_address is not None else None
     asyncio.run(serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops))
     return 0
 
 
-def freeze_heap() -> None:
-    """Move everything loaded so far out of the cyclic GC's reach.
+def load_snapshot_cluster(settings: Settings, paths: list[Path]) -> tuple[Cluster, str]:
+    """The cluster of the snapshot files, and a one-line summary for the banner.
 
-    A loaded cluster is ~10^5 long-lived objects; without this, full collections triggered
-    by request garbage scan them all and add milliseconds to a filter call's tail latency.
-    Call it after the initial load or informer sync.
+    The decoded objects die when this returns: a 50,000-pod dump is over a gigabyte of dicts,
+    of which the index keeps only the few fields it needs.
     """
-    gc.collect()
-    gc.freeze()
+    cluster = Cluster(settings)
+    objects = load_objects(paths)
+    cluster.nodes.replace(objects.nodes)
+    cluster.pods.replace(objects.pods)
+    summary = (
+        f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
+        f"({len(cluster.pods_by_uid)} with host-level ports) from " + ", ".join(map(str, paths))
+    )
+    return cluster, summary
 
 
 async def serve_app(

@@ -45,6 +45,8 @@ class Settings:
     """Node-agent observations older than this stop counting."""
     udp_switch_window_seconds: float = 600.0
     """How long a UDP owner change (hostPort <-> hostNetwork) lowers a node's score."""
+    staleness_seconds: float = 60.0
+    """Live mode: how long a watch may stay broken before the extender stops being ready."""
 
     def __post_init__(self) -> None:
         for name in ("cluster_reserved_ports", "protected_ports"):
@@ -62,6 +64,7 @@ class Settings:
             "bound_reservation_ttl_seconds",
             "observed_stale_seconds",
             "udp_switch_window_seconds",
+            "staleness_seconds",
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must not be negative")

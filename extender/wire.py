@@ -141,9 +141,10 @@ def encode_filter_error(args: ExtenderArgs | None, message: str) -> bytes:
     return orjson.dumps(result)
 
 
-def encode_priorities(scores: Sequence[tuple[str, int]]) -> bytes:
-    """A HostPriorityList: `[{"Host": ..., "Score": ...}]`."""
-    return orjson.dumps([{"Host": host, "Score": score} for host, score in scores])
+def encode_priorities(hosts: Sequence[str], scores: Mapping[str, int], default: int) -> bytes:
+    """A HostPriorityList `[{"Host": ..., "Score": ...}]`: each host's score, else `default`."""
+    score_of = scores.get
+    return orjson.dumps([{"Host": host, "Score": score_of(host, default)} for host in hosts])
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,106 @@
+"""Our server, as `hostport-extender serve --snapshot` builds it, with the serving phase profiled.
+
+Keep `main` in step with extender/serve.py `run` (snapshot load, heap freeze, metrics), or the
+profile describes a server nobody runs.
+
+`python -m bench.run --profile` starts this instead of the `hostport-extender` script. Loading the
+snapshot is not profiled (the ingest benchmark covers it); from the first request to SIGTERM,
+pyinstrument samples the process, and on exit the profile is written as text and HTML so the
+top frames of a slow call can be read without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyinstrument import Profiler
+
+from extender.app import create_app
+from extender.binding import SnapshotBinder
+from extender.cluster import Cluster
+from extender.heap import freeze_heap
+from extender.metrics import new_metrics
+from extender.readiness import AlwaysReady
+from extender.serve import serve_app
+from extender.settings import Settings
+from extender.snapshot import load_objects
+
+
+@dataclass(slots=True)
+class GcPauses:
+    """Durations of the cyclic garbage collector's runs, per generation."""
+
+    started: float = 0.0
+    seconds: dict[int, list[float]] = field(default_factory=lambda: {0: [], 1: [], 2: []})
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]].append(time.perf_counter() - self.started)
+
+    def summary(self) -> str:
+        lines = ["garbage collector pauses while serving:"]
+        for generation, pauses in self.seconds.items():
+            if pauses:
+                lines.append(
+                    f"  gen {generation}: {len(pauses)} runs, {sum(pauses) * 1000:.0f} ms in all,"
+                    f" longest {max(pauses) * 1000:.1f} ms"
+                )
+        return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.profile_server --snapshot FILE --listen HOST:PORT --out PREFIX`."""
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_server")
+    parser.add_argument("--snapshot", type=Path, required=True)
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--out", type=Path, required=True, help="writes PREFIX.txt, PREFIX.html")
+    parser.add_argument("--interval", type=float, default=0.0005, help="sampling interval, s")
+    parser.add_argument(
+        "--drop-snapshot",
+        action="store_true",
+        help="free the decoded snapshot before serving (serve.run keeps it alive)",
+    )
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    settings = Settings(listen_host=host, listen_port=int(port))
+    cluster = Cluster(settings)
+    objects = load_objects([args.snapshot])
+    cluster.nodes.replace(objects.nodes)
+    cluster.pods.replace(objects.pods)
+    summary = f"{len(objects.nodes)} nodes, {len(objects.pods)} pods (profiled)"
+    if args.drop_snapshot:
+        del objects
+    freeze_heap()
+    app = create_app(
+        cluster,
+        settings,
+        binder=SnapshotBinder(cluster),
+        readiness=AlwaysReady(),
+        metrics=new_metrics(),
+    )
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    profiler = Profiler(interval=args.interval, async_mode="disabled")
+    profiler.start()
+    try:
+        asyncio.run(serve_app(app, settings, summary))
+    finally:
+        profiler.stop()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        text = profiler.output_text(show_all=False)
+        args.out.with_suffix(".txt").write_text(pauses.summary() + text)
+        args.out.with_suffix(".html").write_text(profiler.output_html())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

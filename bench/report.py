@@ -1,0 +1,213 @@
+"""Reports of one run: JSON lines for machines, a Markdown table for people, a PNG plot.
+
+Every HTTP figure of our server is shown next to the null extender's from the same run, with the
+ratio; the issue's targets are checked against those ratios, not against absolute times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+OURS = "ours"
+NULL = "null"
+
+Line = dict[str, Any]
+
+
+def append_jsonl(path: Path, lines: Iterable[Line]) -> None:
+    """Append one JSON object per line, so runs accumulate into one history file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as out:
+        for line in lines:
+            out.write(orjson.dumps(line) + b"\n")
+
+
+def _http(lines: Sequence[Line], server: str) -> dict[tuple[str, int, int], Line]:
+    return {
+        (line["scenario"], line["nodes"], line["concurrency"]): line
+        for line in lines
+        if line.get("kind") == "http" and line["server"] == server
+    }
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _ratio(ours: Line, null: Line, key: str = "p50_ms") -> float:
+    return float(ours[key]) / float(null[key]) if null[key] else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of the issue's targets and how this run did against it."""
+
+    name: str
+    measured: float
+    limit: float
+    unit: str
+    at_least: bool = False
+    """The limit is a floor (throughput) rather than a ceiling (time, memory, ratio)."""
+
+    @property
+    def met(self) -> bool:
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
+
+    @property
+    def text(self) -> str:
+        bound = ">=" if self.at_least else "<="
+        if self.unit == "x":
+            return f"{self.measured:.2f}x (target {bound} {self.limit:g}x)"
+        return f"{self.measured:,.2f} {self.unit} (target {bound} {self.limit:,g} {self.unit})"
+
+
+def targets(lines: Sequence[Line]) -> list[Target]:
+    """The issue's targets that this run's lines can answer."""
+    ours, null = _http(lines, OURS), _http(lines, NULL)
+    found: list[Target] = []
+    key = ("filter-names-hostport", 5000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target("filter, 5,000 NodeNames, host-port pod: p99", ours[key]["p99_ms"], 2.0, "ms")
+        )
+        found.append(
+            Target(
+                "filter, 5,000 NodeNames, host-port pod: p50 / null p50",
+                _ratio(ours[key], null[key]),
+                1.3,
+                "x",
+            )
+        )
+    key = ("filter-names-plain", 5000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target(
+                "filter, 5,000 NodeNames, pod without host ports: p50 / null p50",
+                _ratio(ours[key], null[key]),
+                1.1,
+                "x",
+            )
+        )
+    key = ("filter-nodes-hostport", 1000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target(
+                "filter, 1,000 full Nodes: p50 / null p50", _ratio(ours[key], null[key]), 1.5, "x"
+            )
+        )
+    for line in lines:
+        if line.get("kind") == "ingest":
+            label = f"{line['pods']:,} pods / {line['nodes']:,} nodes"
+            found.append(Target(f"ingest {label}: index time", line["index_s"], 5.0, "s"))
+            found.append(
+                Target(
+                    f"ingest {label}: decode + index time",
+                    line["index_s"] + line["decode_s"],
+                    5.0,
+                    "s",
+                )
+            )
+            found.append(
+                Target("watch events applied", line["events_per_s"], 50_000, "events/s", True)
+            )
+            found.append(Target("peak RSS after ingest", line["peak_rss_mb"], 200.0, "MB"))
+    return found
+
+
+def markdown(lines: Sequence[Line], command: str, context: Line) -> str:
+    """The README's table: our figures, the null extender's, the ratios, the targets."""
+    ours, null = _http(lines, OURS), _http(lines, NULL)
+    out = [
+        f"Command: `{command}` ({context['mode']} mode, {context['time']}, "
+        f"commit {context['commit']}, {context['cpus']} CPUs, Python {context['python']}, "
+        f"load average {context['load_before']} before the run).",
+        "",
+        f"Server cluster: {context['serve_nodes']:,} nodes, {context['serve_pods']:,} pods "
+        f"(snapshot {context['snapshot_mb']:.0f} MB); startup to first healthy /healthz: "
+        f"ours {context['startup_ours_s']:.1f} s, null {context['startup_null_s']:.1f} s; "
+        f"ours resident {context['rss_ours_mb']:.0f} MB once loaded; peak resident over the run "
+        f"ours {context['peak_rss_ours_mb']:.0f} MB, null {context['peak_rss_null_mb']:.0f} MB.",
+        "",
+        "| call | nodes | conc. | ours p50 / p90 / p99 ms | ours calls/s "
+        "| null p50 / p90 / p99 ms | null calls/s | p50 ratio | p99 ratio | ours answered |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---|",
+    ]
+    for key, mine in ours.items():
+        base = null.get(key)
+        if base is None:
+            continue
+        scenario, nodes, concurrency = key
+        answer = ", ".join(f"{k} {v}" for k, v in (mine.get("answer") or {}).items() if v != "")
+        errors = f" ({mine['errors']} errors)" if mine["errors"] else ""
+        out.append(
+            f"| {scenario} | {nodes:,} | {concurrency} "
+            f"| {_ms(mine['p50_ms'])} / {_ms(mine['p90_ms'])} / {_ms(mine['p99_ms'])} "
+            f"| {mine['calls_per_s']:,.0f} "
+            f"| {_ms(base['p50_ms'])} / {_ms(base['p90_ms'])} / {_ms(base['p99_ms'])} "
+            f"| {base['calls_per_s']:,.0f} | {_ratio(mine, base):.2f} "
+            f"| {_ratio(mine, base, 'p99_ms'):.2f} | {answer}{errors} |"
+        )
+    for line in lines:
+        if line.get("kind") == "ingest":
+            out += [
+                "",
+                f"Ingest ({line['pods']:,} pods, {line['nodes']:,} nodes, pages of 500 decoded "
+                f"with orjson and upserted): decode {line['decode_s']:.2f} s + index "
+                f"{line['index_s']:.2f} s; {line['pods_with_host_ports']:,} pods kept for their "
+                f"host ports; RSS {line['rss_before_mb']:.0f} MB before, "
+                f"{line['rss_after_mb']:.0f} MB after, peak {line['peak_rss_mb']:.0f} MB; "
+                f"{line['events']:,} watch events at {line['events_per_s']:,.0f} events/s.",
+            ]
+    found = targets(lines)
+    if found:
+        out += ["", "| target | this run | met |", "|---|---|---|"]
+        out += [f"| {t.name} | {t.text} | {'yes' if t.met else '**no**'} |" for t in found]
+    return "\n".join(out) + "\n"
+
+
+def plot(lines: Sequence[Line], path: Path) -> None:
+    """Filter latency against node count, ours and the baseline: p50 left, p99 right."""
+    import matplotlib  # noqa: PLC0415 (only `make bench` installs it: keep other imports cheap)
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # noqa: PLC0415 (after choosing the headless backend)
+
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharex=True)
+    styles = {
+        (OURS, "filter-names-hostport"): ("tab:red", "-o", "ours, pod with host ports"),
+        (OURS, "filter-names-plain"): ("tab:orange", "-s", "ours, pod without host ports"),
+        (NULL, "filter-names-hostport"): ("tab:blue", "--o", "null extender, pod with host ports"),
+        (NULL, "filter-names-plain"): ("tab:cyan", "--s", "null extender, pod without"),
+    }
+    for (server, scenario), (colour, style, label) in styles.items():
+        points = sorted(
+            (line["nodes"], line["p50_ms"], line["p99_ms"])
+            for line in lines
+            if line.get("kind") == "http"
+            and line["server"] == server
+            and line["scenario"] == scenario
+            and line["concurrency"] == 1
+        )
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        left.plot(xs, [p[1] for p in points], style, color=colour, label=label)
+        right.plot(xs, [p[2] for p in points], style, color=colour, label=label)
+    right.axhline(2.0, color="grey", linewidth=0.8, linestyle=":", label="p99 target, 2 ms")
+    for axes, title in ((left, "p50"), (right, "p99")):
+        axes.set_title(f"filter latency, {title} (serial keep-alive calls on loopback)")
+        axes.set_xlabel("nodes in the call (NodeNames)")
+        axes.set_ylabel("ms, client-side")
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="upper left")
+    right.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    pyplot.close(figure)

@@ -1,0 +1,286 @@
+"""List, then watch, then relist on 410: keeps one ObjectSink equal to the API server's truth.
+
+The loop imitates client-go's Reflector (protocol.md §5.5) where it matters for a port index:
+
+- paginated LIST (consistent snapshot), `sink.replace(items)`, so objects that vanished while
+  we were away release their ports (the sink diffs; the Python client's informer does not);
+- WATCH from the list's resourceVersion with `allowWatchBookmarks=true` and a server timeout of
+  `watch_timeout * [1, 2)`; every event moves the resourceVersion, BOOKMARK moves only that;
+- 410 Gone (HTTP status, ERROR event, or an expired continue token) relists at once;
+- everything else (refused, reset, 429, 5xx, a garbage line, a too-short watch) backs off with
+  jitter, 0.8 s doubling to 30 s, and resumes the watch from the last resourceVersion;
+- the state is exposed (`status()`) for readiness and metrics.
+
+Clock, sleep and randomness are injectable so tests run fast and deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError, RawEvent, WatchStreamError
+from extender.sinks import ObjectSink, RawObject
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """What to list and watch."""
+
+    name: str
+    path: str
+    field_selector: str = ""
+
+
+PODS = Resource("pods", "/api/v1/pods", "status.phase!=Succeeded,status.phase!=Failed")
+"""Pods that can hold ports: finished pods leave the stream as DELETED (protocol.md §4)."""
+NODES = Resource("nodes", "/api/v1/nodes")
+
+
+@dataclass(frozen=True, slots=True)
+class InformerStatus:
+    """A consistent view of one informer's state, for /readyz and metrics."""
+
+    resource: str
+    synced: bool
+    """A full list has been delivered to the sink at least once."""
+    resource_version: str | None
+    last_event_at: float | None
+    relists: int
+    """Lists after the first one (410s, expired continue tokens)."""
+    watch_restarts: int
+    broken_since: float | None
+    """When talking to the server started failing; None while the list/watch is healthy."""
+    last_error: str | None
+    sink_errors: int
+
+
+class Backoff:
+    """0.8 s doubling to 30 s, each delay stretched by up to `jitter` (25%) so replicas spread."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        initial: float = 0.8,
+        cap: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+    ) -> None:
+        self._rng = rng
+        self._initial, self._cap, self._factor, self._jitter = initial, cap, factor, jitter
+        self._next = initial
+
+    def next(self) -> float:
+        """The delay before the next attempt (and double the one after)."""
+        delay = self._next
+        self._next = min(self._cap, self._next * self._factor)
+        return delay * (1.0 + self._jitter * self._rng.random())
+
+    def reset(self) -> None:
+        """Called after progress, so the next failure waits 0.8 s again."""
+        self._next = self._initial
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class InformerObserver(Protocol):
+    """Told about an informer's progress as it happens (metrics); must return at once."""
+
+    def event(self, resource: str) -> None:
+        """A watch delivered something (an event or a bookmark)."""
+
+    def listed(self, resource: str) -> None:
+        """A complete list reached the sink (the first one included)."""
+
+    def watch_restarted(self, resource: str) -> None:
+        """A watch is opened again after one ended or failed."""
+
+
+class _NoObserver:
+    def event(self, resource: str) -> None:
+        pass
+
+    def listed(self, resource: str) -> None:
+        pass
+
+    def watch_restarted(self, resource: str) -> None:
+        pass
+
+
+class Informer:
+    """The only writer of one sink; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        resource: Resource,
+        sink: ObjectSink,
+        *,
+        watch_timeout: int = 300,
+        page_size: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        observer: InformerObserver | None = None,
+    ) -> None:
+        self.resource = resource
+        self._observer = observer or _NoObserver()
+        self._api = api
+        self._sink = sink
+        self._watch_timeout = watch_timeout
+        self._page_size = page_size
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(self._rng)
+        self._rv: str | None = None
+        self._synced = False
+        self._last_event_at: float | None = None
+        self._relists = 0
+        self._watch_restarts = 0
+        self._broken_since: float | None = None
+        self._last_error: str | None = None
+        self._sink_errors = 0
+        self._gone_streak = 0
+
+    def status(self) -> InformerStatus:
+        return InformerStatus(
+            resource=self.resource.name,
+            synced=self._synced,
+            resource_version=self._rv,
+            last_event_at=self._last_event_at,
+            relists=self._relists,
+            watch_restarts=self._watch_restarts,
+            broken_since=self._broken_since,
+            last_error=self._last_error,
+            sink_errors=self._sink_errors,
+        )
+
+    async def run(self) -> None:
+        """List and watch forever; returns only by cancellation (or a bug, which is recorded)."""
+        try:
+            await self._loop()
+        except Exception as error:
+            # Not handled on purpose: an unforeseen failure must end up in the log and make
+            # readiness fail after the staleness bound, not be retried in a loop.
+            self._broken_since = self._broken_since or self._clock()
+            self._last_error = f"informer stopped: {error!r}"
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                if self._rv is None:
+                    await self._relist()
+                await self._watch()
+                self._restarting()
+            except ApiStatusError as error:
+                if not error.gone:
+                    await self._failed(error, error.retry_after)
+                    continue
+                log.info("%s: %s; relisting", self.resource.name, error)
+                self._rv = None
+                self._gone_streak += 1
+                if self._gone_streak > 1:
+                    # A server that answers 410 to every fresh list/watch must not spin us.
+                    await self._failed(error, None)
+            except KubeApiError as error:
+                await self._failed(error, None)
+
+    def _progressed(self) -> None:
+        """Events or a healthy watch arrived: the next failure starts the backoff over."""
+        self._backoff.reset()
+        self._gone_streak = 0
+
+    async def _failed(self, error: KubeApiError, retry_after: float | None) -> None:
+        now = self._clock()
+        if self._broken_since is None:
+            self._broken_since = now
+        self._last_error = str(error)
+        delay = self._backoff.next()
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        log.warning("%s: %s; retrying in %.1f s", self.resource.name, error, delay)
+        await self._sleep(delay)
+        if self._rv is not None:
+            self._restarting()
+
+    def _restarting(self) -> None:
+        self._watch_restarts += 1
+        self._observer.watch_restarted(self.resource.name)
+
+    async def _relist(self) -> None:
+        items, rv = await self._api.list_all(
+            self.resource.path, field_selector=self.resource.field_selector, limit=self._page_size
+        )
+        self._feed(self._sink.replace, items)
+        if self._synced:
+            self._relists += 1
+        self._synced = True
+        self._rv = rv
+        self._broken_since = None
+        self._last_event_at = self._clock()
+        self._observer.listed(self.resource.name)
+        log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, len(items), rv)
+
+    async def _watch(self) -> None:
+        """One watch from the current RV until the server ends it cleanly; errors raise."""
+        assert self._rv is not None
+        params = {"resourceVersion": self._rv, "allowWatchBookmarks": "true"}
+        if self.resource.field_selector:
+            params["fieldSelector"] = self.resource.field_selector
+        timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
+        started = self._clock()
+        stream = await self._api.open_watch(self.resource.path, params, timeout_seconds=timeout)
+        self._broken_since = None
+        events = 0
+        async with stream:
+            async for event in stream:
+                self._apply(event)
+                if events == 0:
+                    self._progressed()
+                events += 1
+        if events == 0:
+            if self._clock() - started < 1.0:
+                raise WatchStreamError(f"watch {self.resource.path}: very short watch, no events")
+            self._progressed()
+
+    def _apply(self, event: RawEvent) -> None:
+        kind = event["type"]
+        raw_object: RawObject = event["object"]
+        if kind == "ERROR":
+            raise ApiStatusError.from_status(raw_object)
+        if kind in ("ADDED", "MODIFIED"):
+            self._feed(self._sink.upsert, raw_object)
+        elif kind == "DELETED":
+            self._feed(self._sink.delete, raw_object)
+        elif kind != "BOOKMARK":
+            raise WatchStreamError(f"watch {self.resource.path}: unknown event type {kind!r}")
+        metadata = raw_object.get("metadata")
+        rv = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if isinstance(rv, str) and rv:
+            self._rv = rv
+        self._last_event_at = self._clock()
+        self._observer.event(self.resource.name)
+
+    def _feed(self, method: Callable[[_T], None], argument: _T) -> None:
+        """Hand one update to the sink; a bad object is logged and counted, never fatal.
+
+        The API server validated these objects; if our decoder still chokes on one, stopping the
+        informer would freeze every other node's ports, which is worse than skipping one object.
+        """
+        try:
+            method(argument)
+        except Exception:
+            self._sink_errors += 1
+            log.exception("%s: the sink rejected an update", self.resource.name)

@@ -1,0 +1,362 @@
+"""A small aiohttp client for the slice of the Kubernetes API the extender uses.
+
+Paginated LIST, streaming WATCH, `pods/binding` and node metadata PATCH; bodies are raw orjson
+dicts, never `kubernetes` model objects (deserialising those is slow, protocol.md §6.4). Auth
+comes from extender/kubeauth.py: each request asks the Credentials for the current header, and a
+401 makes it reload once and retry, so rotated tokens are picked up without a restart.
+
+Every failure is one of the KubeApiError subclasses, so callers can tell "the server said no"
+(ApiStatusError, with the HTTP status) from "we could not talk to it" and "the stream was garbage".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from extender.errors import ExtenderError
+from extender.kubeauth import Connection, KubeAuthError
+
+RawObject = dict[str, Any]
+RawEvent = dict[str, Any]
+"""One watch event: `{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR", "object": {...}}`."""
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""Longest watch line accepted: far above etcd's 1.5 MiB object limit, still a bound."""
+
+
+class KubeApiError(ExtenderError):
+    """Base for every failure talking to the API server."""
+
+
+class ApiStatusError(KubeApiError):
+    """The server answered with an error status; `status`/`reason` come from its metav1.Status."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_status(cls, raw_status: RawObject, fallback: int = 500) -> ApiStatusError:
+        """From a metav1.Status body (an HTTP error body or a watch ERROR event's object)."""
+        code = raw_status.get("code")
+        return cls(
+            code if isinstance(code, int) else fallback,
+            str(raw_status.get("reason") or "Unknown"),
+            str(raw_status.get("message") or "no message"),
+        )
+
+    @property
+    def gone(self) -> bool:
+        """410: the resourceVersion or continue token is too old; only a fresh list helps."""
+        return self.status == 410
+
+
+class ApiUnreachableError(KubeApiError):
+    """No answer: connection refused or reset, TLS failure, timeout, or credentials unavailable."""
+
+
+class WatchStreamError(KubeApiError):
+    """A watch stream carried something that is not a watch event (garbage, truncated line)."""
+
+
+class KubeApi:
+    """One connection pool to one API server; `open()` it inside the event loop, then use it."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        request_timeout: float = 30.0,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self.connection = connection
+        self._request_timeout = request_timeout
+        self._max_line_bytes = max_line_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = True
+
+    async def open(self) -> None:
+        """Create the HTTP session (TLS context from the connection record)."""
+        if self.connection.server.startswith("https://"):
+            self._ssl = _ssl_context(self.connection)
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def list_all(
+        self, path: str, *, field_selector: str = "", limit: int = 500
+    ) -> tuple[list[RawObject], str]:
+        """Every item of a paginated LIST and the list's resourceVersion (a consistent snapshot).
+
+        A 410 on a continue token surfaces as ApiStatusError(410): the caller restarts the list,
+        as the inconsistent continuation the server offers could miss deletions.
+        """
+        items: list[RawObject] = []
+        token = ""
+        while True:
+            params = {"limit": str(limit)}
+            if field_selector:
+                params["fieldSelector"] = field_selector
+            if token:
+                params["continue"] = token
+            raw_list = await self._json("GET", path, params=params)
+            page = raw_list.get("items")
+            metadata = raw_list.get("metadata")
+            if not isinstance(page, list | None) or not isinstance(metadata, dict):
+                raise WatchStreamError(f"GET {path}: the answer is not a Kubernetes list")
+            items.extend(page or ())
+            token = metadata.get("continue") or ""
+            if not token:
+                rv = metadata.get("resourceVersion")
+                if not rv:
+                    raise WatchStreamError(f"GET {path}: the list carries no resourceVersion")
+                return items, str(rv)
+
+    async def open_watch(
+        self, path: str, params: Mapping[str, str], *, timeout_seconds: int
+    ) -> WatchStream:
+        """Start a WATCH; returns once the server accepted it (HTTP 200), errors raise here.
+
+        `timeout_seconds` is sent to the server; the client's own read timeout sits above it, so
+        a connection that silently dies is noticed as well.
+        """
+        query = {**params, "watch": "1", "timeoutSeconds": str(timeout_seconds)}
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._request_timeout, sock_read=timeout_seconds + 30
+        )
+        response = await self._send("GET", path, params=query, client_timeout=timeout)
+        return WatchStream(response, path, self._max_line_bytes)
+
+    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """POST a v1.Binding with the pod's UID as precondition (a recreated pod is not bound)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}/binding"
+        await self._json("POST", path, body=body)
+
+    async def patch_node_metadata(self, name: str, raw_patch: RawObject) -> RawObject:
+        """Merge-patch a node (`{"metadata": {"annotations": {...}}}`; None values delete)."""
+        path = f"/api/v1/nodes/{quote(name, safe='')}"
+        return await self._json(
+            "PATCH", path, body=raw_patch, content_type="application/merge-patch+json"
+        )
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: RawObject | None = None,
+        content_type: str = "application/json",
+    ) -> RawObject:
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        response = await self._send(
+            method,
+            path,
+            params=params,
+            body=body,
+            content_type=content_type,
+            client_timeout=timeout,
+        )
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise ApiUnreachableError(f"{method} {path}: {_describe(error)}") from error
+        finally:
+            response.close()
+        try:
+            decoded = orjson.loads(data)
+        except orjson.JSONDecodeError as error:
+            raise WatchStreamError(f"{method} {path}: the answer is not JSON") from error
+        if not isinstance(decoded, dict):
+            raise WatchStreamError(f"{method} {path}: the answer is not a JSON object")
+        return decoded
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: RawObject | None = None,
+        content_type: str = "application/json",
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """Send with the current credentials; after a 401 reload them once and resend."""
+        if self._session is None:
+            raise RuntimeError("KubeApi.open() was not called")
+        credentials = self.connection.credentials
+        url = self.connection.server + path
+        data = orjson.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            refresh = credentials.authorization if attempt == 1 else credentials.refresh
+            try:
+                authorization = await asyncio.to_thread(refresh)
+            except KubeAuthError as error:
+                raise ApiUnreachableError(str(error)) from error
+            headers = {"Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = content_type
+            if authorization:
+                headers["Authorization"] = authorization
+            extra: dict[str, Any] = {}
+            if self.connection.tls_server_name:
+                extra["server_hostname"] = self.connection.tls_server_name
+            try:
+                response = await self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=client_timeout,
+                    ssl=self._ssl,
+                    **extra,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                raise ApiUnreachableError(f"{method} {path}: {_describe(error)}") from error
+            if response.status == 401 and attempt == 1:
+                response.close()
+                continue
+            if response.status >= 400:
+                raise await _status_error(response)
+            return response
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+class WatchStream:
+    """The events of one accepted watch, in order; `async with` it so the connection is closed."""
+
+    def __init__(self, response: aiohttp.ClientResponse, path: str, max_line_bytes: int) -> None:
+        self._response = response
+        self._path = path
+        self._max_line_bytes = max_line_bytes
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._response.close()
+
+    async def __aiter__(self) -> AsyncIterator[RawEvent]:
+        """Yield events until the server ends the stream cleanly; anything else raises."""
+        buffer = bytearray()
+        try:
+            async for chunk in self._response.content.iter_any():
+                buffer += chunk
+                start = 0
+                while (end := buffer.find(b"\n", start)) >= 0:
+                    if end - start > self._max_line_bytes:
+                        raise self._too_long()
+                    line = bytes(buffer[start:end])
+                    start = end + 1
+                    if line.strip():
+                        yield _decode_event(line)
+                del buffer[:start]
+                if len(buffer) > self._max_line_bytes:
+                    raise self._too_long()
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise ApiUnreachableError(f"watch {self._path}: {_describe(error)}") from error
+        if buffer.strip():
+            raise WatchStreamError(f"watch {self._path}: the stream ended in the middle of a line")
+
+    def _too_long(self) -> WatchStreamError:
+        return WatchStreamError(f"watch {self._path}: a line exceeds {self._max_line_bytes} bytes")
+
+
+def _ssl_context(connection: Connection) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=connection.ca_file)
+    if not connection.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if connection.client_cert_file:
+        context.load_cert_chain(connection.client_cert_file, connection.client_key_file)
+    return context
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> ApiStatusError:
+    try:
+        data = await response.read()
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        data = b""
+    finally:
+        response.close()
+    retry_after: float | None = None
+    header = response.headers.get("Retry-After", "")
+    if header.isdigit():
+        retry_after = float(header)
+    try:
+        raw_status = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raw_status = None
+    if isinstance(raw_status, dict) and raw_status.get("kind") == "Status":
+        error = ApiStatusError.from_status(raw_status, response.status)
+        error.status = response.status
+        error.retry_after = retry_after
+        return error
+    text = data[:200].decode(errors="replace").strip() or "no body"
+    return ApiStatusError(
+        response.status, response.reason or "Error", text, retry_after=retry_after
+    )
+
+
+def _decode_event(line: bytes) -> RawEvent:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raise WatchStreamError(f"not a watch event: {line[:80]!r}") from error
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("type"), str)
+        or not isinstance(event.get("object"), dict)
+    ):
+        raise WatchStreamError(f"not a watch event: {line[:80]!r}")
+    return event
+
+
+def _describe(error: BaseException) -> str:
+    """A short, stable reason (aiohttp's own text embeds object reprs for connect errors)."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        reason = error.os_error.strerror or str(error.os_error) or type(error.os_error).__name__
+        return f"cannot connect to {error.host}:{error.port}: {reason}"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__

@@ -1,0 +1,109 @@
+"""The API client: typed errors, pagination, watch line handling, binding and node patches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from extender.kubeapi import (
+    ApiStatusError,
+    ApiUnreachableError,
+    KubeApi,
+    RawEvent,
+    WatchStream,
+    WatchStreamError,
+)
+from extender.kubeauth import load_connection
+from tests.fakeapi import FakeApiServer
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeApiServer]:
+    """A fake API server with two nodes, over plain HTTP."""
+    server = FakeApiServer(token="t")
+    for name in ("n1", "n2"):
+        server.put("nodes", {"metadata": {"name": name, "annotations": {"a": "1"}}})
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def connect(fake: FakeApiServer, tmp_path: Path, **options: int) -> KubeApi:
+    """A client for `fake`, configured through a kubeconfig file."""
+    kubeconfig = fake.write_kubeconfig(tmp_path / "config", token="t")
+    return KubeApi(load_connection(str(kubeconfig)), **options)
+
+
+async def test_list_all_follows_continue_tokens(fake: FakeApiServer, tmp_path: Path) -> None:
+    """Pages of one item still yield every item and the list's resourceVersion."""
+    async with connect(fake, tmp_path) as api:
+        items, rv = await api.list_all("/api/v1/nodes", limit=1)
+    assert [item["metadata"]["name"] for item in items] == ["n1", "n2"]
+    assert rv == str(fake.rv)
+    assert len([r for r in fake.requests if r.path == "/api/v1/nodes"]) == 2
+
+
+async def test_status_errors_carry_status_and_reason(fake: FakeApiServer, tmp_path: Path) -> None:
+    """An error answer becomes ApiStatusError with the Status fields and Retry-After."""
+    fake.inject_error(429, retry_after=7)
+    async with connect(fake, tmp_path) as api:
+        with pytest.raises(ApiStatusError) as caught:
+            await api.list_all("/api/v1/nodes")
+        assert (caught.value.status, caught.value.reason) == (429, "TooManyRequests")
+        assert caught.value.retry_after == 7
+        with pytest.raises(ApiStatusError) as caught:
+            await api.create_binding("default", "ghost", "uid", "n1")
+        assert caught.value.status == 404
+        assert caught.value.message == 'pods "ghost" not found'
+
+
+async def test_a_refused_connection_is_unreachable(fake: FakeApiServer, tmp_path: Path) -> None:
+    """No server: ApiUnreachableError naming host and port, no aiohttp object reprs."""
+    api = connect(fake, tmp_path)
+    await fake.stop()
+    async with api:
+        with pytest.raises(ApiUnreachableError) as caught:
+            await api.list_all("/api/v1/nodes")
+    assert f"cannot connect to 127.0.0.1:{fake.port}" in str(caught.value)
+    assert "object at 0x" not in str(caught.value)
+
+
+async def test_watch_line_longer_than_the_limit_fails(fake: FakeApiServer, tmp_path: Path) -> None:
+    """A line beyond max_line_bytes ends the stream with WatchStreamError, not a memory blow-up."""
+    async with connect(fake, tmp_path, max_line_bytes=1000) as api:
+        stream = await api.open_watch("/api/v1/nodes", {"resourceVersion": "1"}, timeout_seconds=5)
+        fake.put("nodes", {"metadata": {"name": "big", "annotations": {"x": "y" * 5000}}})
+        with pytest.raises(WatchStreamError, match="exceeds 1000 bytes"):
+            await drain(stream)
+
+
+async def drain(stream: WatchStream) -> list[RawEvent]:
+    """Every event of a stream, until it ends."""
+    async with stream:
+        return [event async for event in stream]
+
+
+async def test_patch_node_metadata_merges_annotations(fake: FakeApiServer, tmp_path: Path) -> None:
+    """A merge patch adds and removes annotations and returns the updated node."""
+    async with connect(fake, tmp_path) as api:
+        patch = {"metadata": {"annotations": {"a": None, "hostports.dev/observed": "80/TCP"}}}
+        node = await api.patch_node_metadata("n1", patch)
+    assert node["metadata"]["annotations"] == {"hostports.dev/observed": "80/TCP"}
+    assert fake.get("nodes", "n1")["metadata"]["annotations"] == {
+        "hostports.dev/observed": "80/TCP"
+    }
+
+
+async def test_401_reloads_credentials_once(fake: FakeApiServer, tmp_path: Path) -> None:
+    """After a 401 the client reloads the kubeconfig and retries exactly once."""
+    async with connect(fake, tmp_path) as api:
+        fake.rotate_token("t2")
+        with pytest.raises(ApiStatusError) as caught:
+            await api.list_all("/api/v1/nodes")
+        assert caught.value.status == 401
+        assert len(fake.requests) == 2
+        fake.write_kubeconfig(tmp_path / "config", token="t2")
+        items, _ = await api.list_all("/api/v1/nodes")
+    assert len(items) == 2
