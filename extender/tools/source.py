@@ -8,6 +8,7 @@ Cluster does not keep).
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from extender.cluster import Cluster
 from extender.errors import ExtenderError
+from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError
+from extender.kubeauth import Connection, load_connection
 from extender.pods import TERMINAL_PHASES, PodPorts, decode_pod
 from extender.settings import Settings
 from extender.sinks import RawObject
@@ -68,7 +71,41 @@ def list_objects(args: argparse.Namespace) -> SnapshotObjects:
         if args.kubeconfig or args.context:
             raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
         return load_objects(args.snapshot)
-    raise ExtenderError("live mode is not available yet: pass --snapshot FILE")
+    connection = load_connection(args.kubeconfig, args.context)
+    return asyncio.run(list_live(connection))
+
+
+LIST_ATTEMPTS = 3
+"""A list whose continue token expires (410) is restarted, as its pages would not be one
+snapshot; a cluster churning that fast for three whole lists is reported instead."""
+
+
+async def list_live(connection: Connection) -> SnapshotObjects:
+    """Every Node and every Pod (finished ones too: they are the audit's history), listed once.
+
+    Pods are listed with no field selector, unlike the informer's, so that evicted pods show
+    where a UDP port changed owner.
+    """
+    try:
+        async with KubeApi(connection) as api:
+            nodes = await _list(api, "/api/v1/nodes")
+            pods = await _list(api, "/api/v1/pods")
+    except KubeApiError as error:
+        raise ExtenderError(f"cannot list the cluster at {connection.server}: {error}") from error
+    return SnapshotObjects(nodes, pods)
+
+
+async def _list(api: KubeApi, path: str) -> list[RawObject]:
+    attempt = 1
+    while True:
+        try:
+            items, _version = await api.list_all(path)
+        except ApiStatusError as error:
+            if not error.gone or attempt >= LIST_ATTEMPTS:
+                raise
+            attempt += 1
+        else:
+            return items
 
 
 def build(settings: Settings, objects: SnapshotObjects) -> Loaded:
