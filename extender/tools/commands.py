@@ -158,7 +158,7 @@ def run_who(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(data: dict[str, Any], fmt: str, as_table: Any) -> None:
+def _emit(data: dict[str, Any], fmt: str, as_table: Callable[[Style], str]) -> None:
     out = sys.stdout
     out.write(as_table(style_for(out)) if fmt == "table" else document(data, fmt))
     out.flush()

@@ -21,7 +21,6 @@ from extender.sinks import RawObject
 
 STDIN = "-"
 
-TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
 WORKLOAD_KINDS = (
     "Pod",
     "Deployment",

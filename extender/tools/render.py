@@ -7,7 +7,7 @@ documents the extender serves under `/debug`; the README lists their keys.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from extender.tools.check import PLACEMENT_NOTE, CheckReport
 from extender.tools.who import WhoReport
 
 FORMATS = ("table", "json", "yaml")
+Painter = Callable[[str], str]
 NODE_ROWS = 20
 """Per status, how many nodes `check`'s table lists before it summarises the rest."""
 NAMES_SHOWN = 5
@@ -56,21 +57,30 @@ def table(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
     style: Style,
-    paint: Sequence[Any] = (),
+    paint: Sequence[Painter | None] = (),
     indent: str = "",
 ) -> str:
     """Columns padded to their widest cell (the last column is not padded); `paint[i]` is an
     optional Style method applied to column i after padding, so colour never breaks alignment."""
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = [_line([style.bold(f"{h:<{w}}") for h, w in zip(headers, widths, strict=True)], indent)]
+    last = len(headers) - 1
+    header = [
+        style.bold(_pad(h, w, i == last))
+        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+    ]
+    lines = [_line(header, indent)]
     for row in rows:
         cells = []
         for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
-            padded = cell if i == len(row) - 1 else f"{cell:<{width}}"
+            padded = _pad(cell, width, i == last)
             painter = paint[i] if i < len(paint) else None
             cells.append(painter(padded) if painter is not None else padded)
         lines.append(_line(cells, indent))
     return "\n".join(lines) + "\n"
+
+
+def _pad(cell: str, width: int, last: bool) -> str:
+    return cell if last else f"{cell:<{width}}"
 
 
 def _line(cells: Sequence[str], indent: str) -> str:
@@ -173,7 +183,7 @@ def _more(count: int, status: str) -> list[tuple[str, str, str]]:
     return [(f"({count - NODE_ROWS:,} more)", status, "see -o json for every node")]
 
 
-def _status(style: Style) -> Any:
+def _status(style: Style) -> Painter:
     def paint(text: str) -> str:
         word = text.strip()
         if word == "blocked":
