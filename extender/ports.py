@@ -423,12 +423,16 @@ def _collisions(
         keys = [node for node in given if node in nodes]
     else:
         keys = nodes.keys() & scope.as_set()  # C-level intersection
-    if want.ip == WILDCARD and not ignored_nodes:
-        return {node: nodes[node][0] for node in keys}
-    items = [(node, nodes[node]) for node in keys]
-    found: dict[str, Claim] = {}
-    for node, held in items:
-        for claim in held:
+    if want.ip == WILDCARD:
+        if not ignored_nodes:
+            return {node: nodes[node][0] for node in keys}
+        found = {node: nodes[node][0] for node in keys if node not in ignored_nodes}
+        keys = [node for node in ignored_nodes if node in nodes and node in keys]
+    else:
+        found = {}
+    # The slow path: a specific address to match, or nodes where the pod itself holds ports.
+    for node in keys:
+        for claim in nodes[node]:
             if claim.owner in ignore_owners:
                 continue
             if want.ip == WILDCARD or claim.ip in (WILDCARD, want.ip):
