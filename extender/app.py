@@ -100,6 +100,9 @@ def create_app(
     if metrics is not None:
         install_metrics(app, metrics)
         observe_cluster(metrics, cluster, readiness)
+    from extender.debug import add_debug_routes  # noqa: PLC0415 - debug.py imports our AppKeys
+
+    add_debug_routes(app)
     app.router.add_route("*", "/{verb}", handle_unknown)
     app.cleanup_ctx.append(_upkeep)
     return app

@@ -10,8 +10,9 @@ from types import ModuleType
 
 from extender import __version__, agent, certs_cli, serve, webhook_cli
 from extender.errors import ExtenderError
+from extender.tools import commands as tools
 
-COMMANDS: tuple[ModuleType, ...] = (serve, webhook_cli, certs_cli, agent)
+COMMANDS: tuple[ModuleType, ...] = (serve, webhook_cli, certs_cli, agent, tools)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -361,6 +361,16 @@ class PortIndex:
                         )
         return risks
 
+    def udp_switches(self) -> list[tuple[str, int, float]]:
+        """(node, port, seconds ago) of UDP ports whose owner kind switched within the window."""
+        now = self._clock()
+        return sorted(
+            (node, port, now - when)
+            for port, nodes in self._udp_switched.items()
+            for node, when in nodes.items()
+            if now - when <= self._udp_window
+        )
+
     def forget_udp_history(self) -> None:
         """Drop UDP release/switch records older than the window, so history stays bounded."""
         horizon = self._clock() - self._udp_window

@@ -53,7 +53,7 @@ def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[st
     """The banner names the cluster and address; the printed curl's request is rejected on the
     ingress nodes and the node that already runs the pod identity agent."""
     banner, hint = served
-    assert "4 nodes, 11 pods" in banner
+    assert "5 nodes, 16 pods" in banner
     url = re.search(r"on (http://127\.0\.0\.1:\d+)", banner)
     assert url is not None
     curl = re.search(r"curl -s (\S+) .* -d @(\S+)", hint)
@@ -72,6 +72,7 @@ def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[st
         in reasons["ip-10-0-1-11.ec2.internal"]
     )
     assert "kube-system/eks-pod-identity-agent-q9d4s" in reasons["ip-10-0-1-13.ec2.internal"]
+    assert "ip-10-0-1-15.ec2.internal" in reasons
 
 
 @pytest.mark.parametrize(

@@ -54,9 +54,10 @@ def running_pod(name: str, node: str, *, host_port: int, host_network: bool = Fa
     }
 
 
-def test_sample_cluster_has_no_live_conflict() -> None:
-    """The bundled sample is conflict-free: ports on distinct nodes or distinct addresses."""
-    assert live_conflicts(sample_cluster().index) == {}
+def test_sample_cluster_has_one_live_conflict() -> None:
+    """The bundled sample's one incident: ingress-nginx's hostPort 80 and the pod identity
+    agent's two :80 binds on ip-10-0-1-15; everything else is on distinct nodes or addresses."""
+    assert live_conflicts(sample_cluster().index) == {"ip-10-0-1-15.ec2.internal": 3}
 
 
 def test_live_conflicts_count_colliding_pod_claims_per_node() -> None:
@@ -71,6 +72,7 @@ def test_live_conflicts_count_colliding_pod_claims_per_node() -> None:
     assert live_conflicts(cluster.index) == {
         "ip-10-0-1-11.ec2.internal": 2,
         "ip-10-0-1-14.ec2.internal": 1,
+        "ip-10-0-1-15.ec2.internal": 3,
     }
 
 
@@ -94,9 +96,9 @@ async def test_filter_rejections_are_counted_by_claim_kind(
     registry = metrics.registry
     rejections = "hostport_extender_filter_rejections_total"
     assert registry.get_sample_value(rejections, {"reason": "hostPort"}) == 2
-    assert registry.get_sample_value(rejections, {"reason": "hostNetwork"}) == 1
+    assert registry.get_sample_value(rejections, {"reason": "hostNetwork"}) == 2
     exposition = generate_latest(registry).decode()
-    assert "hostport_extender_index_nodes 4.0" in exposition
+    assert "hostport_extender_index_nodes 5.0" in exposition
     assert "hostport_extender_ready 1.0" in exposition
     # The filter held ports for the pod on the node it passed.
     assert "hostport_extender_reservations_in_flight 1.0" in exposition

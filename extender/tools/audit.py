@@ -1,0 +1,233 @@
+"""`audit`: the port conflicts that exist in the cluster now, and the risks that are not yet.
+
+Pure. A conflict is two claims on one node, held by different owners, that collide under the
+index's conflict rule, at least one of them a pod's (two host-daemon records of the same port,
+node-reserved and cluster-reserved, are one daemon). In-flight reservations are left out: they
+are not placements yet. Risks:
+
+* `ephemeral-port`: a host-network listener inside the ephemeral port range; the kernel may hand
+  the port to an outgoing connection first, and the listener then fails to bind on restart.
+* `udp-owner-switch`: a UDP port whose owner changed between a hostPort pod (DNAT) and a
+  host-network socket; conntrack entries from before keep sending clients to the old pod IP.
+  Evidence comes from the index's history (the running extender) and from finished pods still
+  listed on the node (a snapshot: evicted pods stay as `Failed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from extender.cluster import Cluster
+from extender.errors import ExtenderError
+from extender.pods import PodPorts
+from extender.ports import Claim, ClaimKind
+from extender.tools.views import POD_KINDS, ClaimView, port_text, view_of
+
+DEFAULT_EPHEMERAL_RANGE = (32768, 60999)
+"""Linux's default `net.ipv4.ip_local_port_range`."""
+
+EPHEMERAL_PORT = "ephemeral-port"
+UDP_OWNER_SWITCH = "udp-owner-switch"
+
+_SOCKET_POD_KINDS = frozenset({ClaimKind.HOST_NETWORK, ClaimKind.LISTEN})
+
+
+def parse_ephemeral_range(text: str) -> tuple[int, int]:
+    """`FIRST-LAST`, as in /proc/sys/net/ipv4/ip_local_port_range (a tab or space also works)."""
+    parts = text.replace("\t", " ").replace("-", " ").split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ExtenderError(f"ephemeral range {text!r}: want FIRST-LAST, e.g. 32768-60999")
+    first, last = int(parts[0]), int(parts[1])
+    if not 1 <= first <= last <= 65535:
+        raise ExtenderError(f"ephemeral range {text!r}: want 1 <= FIRST <= LAST <= 65535")
+    return first, last
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two claims on one node that cannot both hold: `ports` on `address` ("" every address)."""
+
+    node: str
+    protocol: str
+    first_port: int
+    last_port: int
+    address: str
+    claims: tuple[ClaimView, ClaimView]
+
+    @property
+    def spec(self) -> str:
+        return f"{port_text(self.first_port, self.last_port)}/{self.protocol}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "protocol": self.protocol,
+            "ports": port_text(self.first_port, self.last_port),
+            "address": self.address or "*",
+            "claims": [claim.as_json() for claim in self.claims],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """Not a conflict yet, but it breaks traffic or restarts; `claim` is what holds the port."""
+
+    node: str
+    risk: str
+    claim: ClaimView
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "risk": self.risk,
+            "protocol": self.claim.protocol,
+            "ports": self.claim.ports,
+            "address": self.claim.address_text,
+            "holder": self.claim.holder,
+            "pod": self.claim.pod,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    nodes: int
+    ephemeral_range: tuple[int, int]
+    conflicts: tuple[Conflict, ...]
+    risks: tuple[Risk, ...]
+
+    @property
+    def clean(self) -> bool:
+        """No conflicts (risks alone do not make a cluster unclean)."""
+        return not self.conflicts
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "nodes": self.nodes,
+            "ephemeral_range": port_text(*self.ephemeral_range),
+            "conflicts": [conflict.as_json() for conflict in self.conflicts],
+            "risks": [risk.as_json() for risk in self.risks],
+        }
+
+
+def audit(
+    cluster: Cluster,
+    ephemeral_range: tuple[int, int] = DEFAULT_EPHEMERAL_RANGE,
+    finished_pods: Sequence[PodPorts] = (),
+) -> AuditReport:
+    """Conflicts and risks on every node. `finished_pods` are terminal pods decoded as if they
+    still ran (their claims are what they held), the snapshot's evidence of owner switches."""
+    nodes = sorted(set(cluster.nodes_known) | set(cluster.index.node_names()))
+    conflicts: list[Conflict] = []
+    risks: list[Risk] = []
+    for node in nodes:
+        claims = [c for c in cluster.index.claims_on(node) if c.kind is not ClaimKind.IN_FLIGHT]
+        conflicts.extend(_conflicts_on(cluster, node, claims))
+        risks.extend(_ephemeral_risks(cluster, node, claims, ephemeral_range))
+    risks.extend(_switch_risks(cluster, finished_pods))
+    risks = sorted(_unique(risks), key=lambda r: (r.node, r.risk, r.claim.protocol, r.claim.first))
+    return AuditReport(len(nodes), ephemeral_range, tuple(conflicts), tuple(risks))
+
+
+def _conflicts_on(cluster: Cluster, node: str, claims: list[Claim]) -> list[Conflict]:
+    """Sweep claims sorted by protocol and first port: O(n log n + colliding pairs)."""
+    ordered = sorted(claims, key=lambda c: (c.protocol, c.first, c.last, c.ip, c.holder))
+    found: list[Conflict] = []
+    # A pod can hold one port twice (declared and annotated): report each pair of holdings once.
+    seen: set[frozenset[tuple[str, str, int, int, str]]] = set()
+    for index, claim in enumerate(ordered):
+        for other in ordered[index + 1 :]:
+            if other.protocol != claim.protocol or other.first > claim.last:
+                break
+            if other.owner == claim.owner or not claim.collides(other):
+                continue
+            if claim.kind not in POD_KINDS and other.kind not in POD_KINDS:
+                continue
+            pair = frozenset((_holding(claim), _holding(other)))
+            if pair in seen:
+                continue
+            seen.add(pair)
+            found.append(
+                Conflict(
+                    node,
+                    claim.protocol,
+                    max(claim.first, other.first),
+                    min(claim.last, other.last),
+                    claim.ip or other.ip,
+                    (view_of(cluster, claim), view_of(cluster, other)),
+                )
+            )
+    return found
+
+
+def _holding(claim: Claim) -> tuple[str, str, int, int, str]:
+    return (claim.owner, claim.protocol, claim.first, claim.last, claim.ip)
+
+
+def _ephemeral_risks(
+    cluster: Cluster, node: str, claims: list[Claim], ephemeral: tuple[int, int]
+) -> list[Risk]:
+    first, last = ephemeral
+    return [
+        Risk(
+            node,
+            EPHEMERAL_PORT,
+            view_of(cluster, claim),
+            f"host-network listener inside the ephemeral port range {first}-{last}: an "
+            "outgoing connection can take the port first, and the bind fails on restart",
+        )
+        for claim in claims
+        if claim.kind in _SOCKET_POD_KINDS and claim.first <= last and first <= claim.last
+    ]
+
+
+def _switch_risks(cluster: Cluster, finished_pods: Sequence[PodPorts]) -> list[Risk]:
+    risks: list[Risk] = []
+    for node, port, ago in cluster.index.udp_switches():
+        for claim in _udp_holders(cluster, node, port):
+            risks.append(
+                Risk(
+                    node,
+                    UDP_OWNER_SWITCH,
+                    view_of(cluster, claim),
+                    f"{port}/UDP changed owner between hostPort and hostNetwork {ago:.0f}s ago: "
+                    "stale conntrack entries may still send clients to the old pod IP",
+                )
+            )
+    for old in finished_pods:
+        for old_claim in old.claims:
+            if old_claim.protocol != "UDP" or not old.node:
+                continue
+            for claim in cluster.index.claims_on(old.node):
+                if (
+                    claim.kind in POD_KINDS
+                    and claim.kind.family != old_claim.kind.family
+                    and claim.collides(old_claim)
+                ):
+                    risks.append(
+                        Risk(
+                            old.node,
+                            UDP_OWNER_SWITCH,
+                            view_of(cluster, claim),
+                            f"{old_claim.spec} moved from {old_claim.holder} (finished) to "
+                            f"{claim.holder}: stale conntrack entries may still send clients "
+                            "to the old pod IP",
+                        )
+                    )
+    return risks
+
+
+def _udp_holders(cluster: Cluster, node: str, port: int) -> list[Claim]:
+    return [
+        claim
+        for claim in cluster.index.claims_on(node)
+        if claim.protocol == "UDP" and claim.first <= port <= claim.last and claim.kind in POD_KINDS
+    ]
+
+
+def _unique(risks: list[Risk]) -> list[Risk]:
+    return list(dict.fromkeys(risks))
