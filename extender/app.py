@@ -255,7 +255,12 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    not_ready = request.app[READINESS].check()
+    return readiness_response(request.app[READINESS])
+
+
+def readiness_response(readiness: Readiness) -> web.Response:
+    """200 "ok" when the index can be trusted, else 503 with the reason (for /readyz)."""
+    not_ready = readiness.check()
     if not_ready is None:
         return web.Response(text="ok\n")
     return web.Response(text=f"not ready: {not_ready}\n", status=503)

@@ -23,3 +23,16 @@ class SnapshotError(ExtenderError):
 
 class BindError(ExtenderError):
     """A binding that did not happen; the message is what the scheduler will show."""
+
+
+def json_type_name(value: object) -> str:
+    """How an error message names the JSON type of `value` ("an object", "a list", "null"...)."""
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), "a value")

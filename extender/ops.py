@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from extender.app import readiness_response
 from extender.metrics import Metrics, install
 from extender.readiness import Readiness
 
@@ -22,10 +23,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: 200 once the index can be trusted, else 503 with the reason."""
-    not_ready = request.app[OPS_READINESS].check()
-    if not_ready is None:
-        return web.Response(text="ok\n")
-    return web.Response(text=f"not ready: {not_ready}\n", status=503)
+    return readiness_response(request.app[OPS_READINESS])
 
 
 def create_ops_app(metrics: Metrics, readiness: Readiness) -> web.Application:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from extender.errors import PortSpecError, WireError
+from extender.errors import PortSpecError, WireError, json_type_name
 from extender.ports import Claim, ClaimKind
 from extender.portspec import (
     normalize_ip,
@@ -105,7 +105,7 @@ def in_flight_owner(uid: str) -> str:
 def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
     """Decode a Pod object; `strict` raises PodShapeError instead of noting problems."""
     if not isinstance(raw_pod, Mapping):
-        raise PodShapeError(f"Pod must be an object, got {_type_name(raw_pod)}")
+        raise PodShapeError(f"Pod must be an object, got {json_type_name(raw_pod)}")
     metadata = _mapping(raw_pod.get("metadata"), "Pod.metadata", strict)
     spec = _mapping(raw_pod.get("spec"), "Pod.spec", strict)
     status = _mapping(raw_pod.get("status"), "Pod.status", strict)
@@ -175,7 +175,7 @@ class _PodClaimsBuilder:
 
     def add_container(self, container: object, where: str, *, transient: bool) -> None:
         if not isinstance(container, Mapping):
-            self._problem(f"{where} must be an object, got {_type_name(container)}")
+            self._problem(f"{where} must be an object, got {json_type_name(container)}")
             return
         for index, port in enumerate(
             _sequence(container.get("ports"), f"{where}.ports", self.strict)
@@ -186,7 +186,7 @@ class _PodClaimsBuilder:
 
     def _port_claim(self, port: object, where: str) -> Claim | None:
         if not isinstance(port, Mapping):
-            self._problem(f"{where} must be an object, got {_type_name(port)}")
+            self._problem(f"{where} must be an object, got {json_type_name(port)}")
             return None
         host_port = port.get("hostPort")
         container_port = port.get("containerPort")
@@ -322,7 +322,7 @@ def _mapping(value: object, where: str, strict: bool) -> Mapping[str, Any]:
     if isinstance(value, Mapping):
         return value
     if strict:
-        raise PodShapeError(f"{where} must be an object, got {_type_name(value)}")
+        raise PodShapeError(f"{where} must be an object, got {json_type_name(value)}")
     return {}
 
 
@@ -332,7 +332,7 @@ def _sequence(value: object, where: str, strict: bool) -> Sequence[Any]:
     if isinstance(value, list):
         return value
     if strict:
-        raise PodShapeError(f"{where} must be a list, got {_type_name(value)}")
+        raise PodShapeError(f"{where} must be a list, got {json_type_name(value)}")
     return ()
 
 
@@ -342,17 +342,5 @@ def _text(value: object, where: str, strict: bool) -> str:
     if isinstance(value, str):
         return value
     if strict:
-        raise PodShapeError(f"{where} must be a string, got {_type_name(value)}")
+        raise PodShapeError(f"{where} must be a string, got {json_type_name(value)}")
     return ""
-
-
-def _type_name(value: object) -> str:
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)

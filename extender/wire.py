@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from extender.errors import WireError
+from extender.errors import WireError, json_type_name
 
 RawDict = dict[str, Any]
 
@@ -36,7 +36,7 @@ def decode_body(body: bytes) -> RawDict:
     except orjson.JSONDecodeError as error:
         raise WireError(f"malformed JSON: {error}") from error
     if not isinstance(value, dict):
-        raise WireError(f"request body must be a JSON object, got {_kind(value)}")
+        raise WireError(f"request body must be a JSON object, got {json_type_name(value)}")
     return {str(key).lower(): item for key, item in value.items()}
 
 
@@ -60,18 +60,18 @@ def decode_extender_args(body: bytes) -> ExtenderArgs:
     if raw_pod is None:
         raise WireError("missing Pod")
     if not isinstance(raw_pod, dict):
-        raise WireError(f"Pod must be an object, got {_kind(raw_pod)}")
+        raise WireError(f"Pod must be an object, got {json_type_name(raw_pod)}")
     names = fields.get("nodenames")
     nodes = fields.get("nodes")
     items: list[RawDict] | None = None
     if nodes is not None:
         if not isinstance(nodes, dict):
-            raise WireError(f"Nodes must be a NodeList object, got {_kind(nodes)}")
+            raise WireError(f"Nodes must be a NodeList object, got {json_type_name(nodes)}")
         raw_items = nodes.get("items")
         if raw_items is None:
             raw_items = []
         if not isinstance(raw_items, list):
-            raise WireError(f"Nodes.items must be a list, got {_kind(raw_items)}")
+            raise WireError(f"Nodes.items must be a list, got {json_type_name(raw_items)}")
         items = raw_items
     if names is not None:
         if not isinstance(names, list) or not _all_strings(names):
@@ -249,15 +249,3 @@ def encode_preemption_result(kept: Mapping[str, Victims]) -> bytes:
 
 def encode_error(message: str) -> bytes:
     return orjson.dumps({"Error": message})
-
-
-def _kind(value: object) -> str:
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), "a value")
