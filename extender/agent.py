@@ -15,17 +15,15 @@ import logging
 import math
 import os
 import random
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from extender.errors import ExtenderError
@@ -40,12 +38,18 @@ from extender.procnet import (
     select_listeners,
 )
 
+if TYPE_CHECKING:  # the API client imports `kubernetes` (slow); --once needs neither
+    from extender.kubeapi import KubeApi
+
 log = logging.getLogger(__name__)
 
 OBSERVED = OBSERVED_ANNOTATION
 OBSERVED_AT = OBSERVED_AT_ANNOTATION
 DEFAULT_MAX_ANNOTATION_BYTES = 64 * 1024
 """A quarter of the 256 KiB that ALL annotations of a node share (API validation limit)."""
+
+PATCH_TIMEOUT = 15.0
+"""Seconds one node PATCH may take before it counts as failed (and is retried with backoff)."""
 
 NodePatcher = Callable[[str, dict[str, str]], Awaitable[None]]
 """Merge `annotations` into node `name`'s metadata; raises PublishError when the API refuses."""
@@ -205,92 +209,29 @@ class Publisher:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class ApiConnection:
-    """Where the API server is and how to authenticate, as the official client resolved it."""
+def api_patcher(api: KubeApi) -> NodePatcher:
+    """A NodePatcher over the project's API client: one JSON merge patch of the annotations.
 
-    server: str
-    ssl: ssl.SSLContext | bool
-    authorization: Callable[[], str | None]
-    """The Authorization header value, asked before every request (tokens rotate)."""
-
-
-class NodeApi:
-    """`PATCH /api/v1/nodes/{name}` with a JSON merge patch of the annotations, over aiohttp."""
-
-    def __init__(self, session: aiohttp.ClientSession, connection: ApiConnection) -> None:
-        self._session = session
-        self._connection = connection
-
-    async def patch_node_annotations(self, node: str, annotations: dict[str, str]) -> None:
-        """Merge `annotations` into the node; PublishError with the API's message otherwise."""
-        url = f"{self._connection.server.rstrip('/')}/api/v1/nodes/{quote(node, safe='')}"
-        headers = {"Content-Type": "application/merge-patch+json", "Accept": "application/json"}
-        authorization = self._connection.authorization()
-        if authorization:
-            headers["Authorization"] = authorization
-        body = orjson.dumps({"metadata": {"annotations": annotations}})
-        try:
-            async with self._session.patch(
-                url,
-                data=body,
-                headers=headers,
-                ssl=self._connection.ssl,
-                timeout=aiohttp.ClientTimeout(total=15),
-            ) as response:
-                if response.status < 300:
-                    return
-                detail = _status_message(await response.read())
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise PublishError(f"PATCH node {node!r}: {error or type(error).__name__}") from error
-        raise PublishError(f"PATCH node {node!r}: HTTP {response.status}: {detail}")
-
-
-def _status_message(body: bytes) -> str:
-    """The `message` of a metav1.Status body, else the start of the body."""
-    try:
-        raw_status: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(raw_status, dict) and isinstance(raw_status.get("message"), str):
-        return str(raw_status["message"])
-    return body[:200].decode("utf-8", "replace")
-
-
-def load_api_connection(kubeconfig: str | None) -> ApiConnection:
-    """Credentials from `kubeconfig` (or $KUBECONFIG), else the pod's service account.
-
-    Only this function touches the official client, and only for its config loaders.
+    Every API failure (an error status, no answer, credentials that cannot be refreshed, an
+    answer that is not JSON) becomes a PublishError carrying the API's own message, so the loop
+    backs off and retries instead of crashing.
     """
-    from kubernetes import client, config  # noqa: PLC0415 (slow import, only for the loop)
+    from extender.kubeapi import ApiStatusError, KubeApiError  # noqa: PLC0415 (loop mode only)
 
-    configuration = client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    try:
-        if path:
-            # The client is untyped; both loaders fill `configuration` in place.
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, client_configuration=configuration
-            )
-        else:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-    except (config.ConfigException, OSError) as error:
-        where = f"kubeconfig {path}" if path else "in-cluster service account"
-        raise AgentError(f"cannot load API credentials from {where}: {error}") from error
-    context: ssl.SSLContext | bool = False
-    if configuration.verify_ssl and str(configuration.host).startswith("https"):
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-        if configuration.cert_file:
-            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    async def patch(node: str, annotations: dict[str, str]) -> None:
+        raw_patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
+        try:
+            await api.patch_node_metadata(node, raw_patch)
+        except ApiStatusError as error:
+            raise PublishError(
+                f"PATCH node {node!r}: HTTP {error.status}: {error.message}"
+            ) from error
+        except KubeApiError as error:
+            # The client's text starts with the method and path; the node name says the same.
+            reason = str(error).removeprefix(f"PATCH /api/v1/nodes/{quote(node, safe='')}: ")
+            raise PublishError(f"PATCH node {node!r}: {reason}") from error
 
-    def authorization() -> str | None:
-        # Recent clients file the token under "BearerToken", older ones under "authorization".
-        value = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
-        return str(value) if value else None
-
-    return ApiConnection(str(configuration.host), context, authorization)
+    return patch
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +323,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="--once output: a JSON list, or the annotation text (default json)",
     )
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""), help="$NODE_NAME")
-    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else the service account")
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig (default: in-cluster, else $KUBECONFIG, ~/.kube/config)",
+    )
+    parser.add_argument("--context", help="kubeconfig context (default: current)")
     parser.add_argument("--interval", type=_positive, default=30.0, help="seconds (default 30)")
     parser.add_argument(
         "--refresh",
@@ -473,7 +419,11 @@ async def _serve(args: argparse.Namespace) -> int:
         refresh=args.refresh,
         max_annotation_bytes=args.max_annotation_bytes,
     )
-    connection = load_api_connection(args.kubeconfig)
+    # Imported here so that --once never loads the `kubernetes` package.
+    from extender.kubeapi import KubeApi  # noqa: PLC0415
+    from extender.kubeauth import load_connection  # noqa: PLC0415
+
+    connection = load_connection(args.kubeconfig, args.context)
     hooks: list[CycleHook] = []
     if args.flush_stale_udp_conntrack:
         from extender.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
@@ -481,8 +431,13 @@ async def _serve(args: argparse.Namespace) -> int:
         flusher = ConntrackFlusher()
         await flusher.check()
         hooks.append(flusher)
-    async with aiohttp.ClientSession() as session:
-        patch = NodeApi(session, connection).patch_node_annotations
-        publisher = Publisher(settings.node, patch, refresh=settings.refresh)
+    log.info(
+        "publishing the listeners of node %s to %s (%s)",
+        settings.node,
+        connection.server,
+        connection.source,
+    )
+    async with KubeApi(connection, request_timeout=PATCH_TIMEOUT) as api:
+        publisher = Publisher(settings.node, api_patcher(api), refresh=settings.refresh)
         await run_loop(settings, publisher, hooks=hooks)
     return 0
