@@ -12,16 +12,18 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extender.cluster import Cluster
 from extender.errors import ExtenderError
-from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError
-from extender.kubeauth import Connection, load_connection
 from extender.pods import TERMINAL_PHASES, PodPorts, decode_pod
 from extender.settings import Settings
 from extender.sinks import RawObject
 from extender.snapshot import SnapshotObjects, load_objects
+
+if TYPE_CHECKING:
+    from extender.kubeapi import KubeApi
+    from extender.kubeauth import Connection
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +73,9 @@ def list_objects(args: argparse.Namespace) -> SnapshotObjects:
         if args.kubeconfig or args.context:
             raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
         return load_objects(args.snapshot)
+    # Imported here: the official client is slow to import and snapshot runs never need it.
+    from extender.kubeauth import load_connection  # noqa: PLC0415
+
     connection = load_connection(args.kubeconfig, args.context)
     return asyncio.run(list_live(connection))
 
@@ -86,6 +91,8 @@ async def list_live(connection: Connection) -> SnapshotObjects:
     Pods are listed with no field selector, unlike the informer's, so that evicted pods show
     where a UDP port changed owner.
     """
+    from extender.kubeapi import KubeApi, KubeApiError  # noqa: PLC0415 (see list_objects)
+
     try:
         async with KubeApi(connection) as api:
             nodes = await _list(api, "/api/v1/nodes")
@@ -96,6 +103,8 @@ async def list_live(connection: Connection) -> SnapshotObjects:
 
 
 async def _list(api: KubeApi, path: str) -> list[RawObject]:
+    from extender.kubeapi import ApiStatusError  # noqa: PLC0415 (see list_objects)
+
     attempt = 1
     while True:
         try:
