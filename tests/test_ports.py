@@ -227,3 +227,53 @@ def test_index_matches_brute_force_model(
         for owner, (node, claims) in model.items()
         for c in claims
     }
+
+
+def brute_force_colliding(index: PortIndex, kinds: set[ClaimKind]) -> dict[str, set[Claim]]:
+    """Every pair of claims on every node: the obvious, slow definition."""
+    by_node: dict[str, list[Claim]] = {}
+    for _owner, node, claims in index.owners():
+        by_node.setdefault(node, []).extend(c for c in claims if c.kind is not ClaimKind.IN_FLIGHT)
+    found: dict[str, set[Claim]] = {}
+    for node, held in by_node.items():
+        everything = [*held, *index.cluster_reserved]
+        for claim in held:
+            if claim.kind in kinds and any(
+                o.owner != claim.owner and claim.collides(o) for o in everything
+            ):
+                found.setdefault(node, set()).add(claim)
+    return found
+
+
+KINDS = [ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.NODE_RESERVED, ClaimKind.IN_FLIGHT]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d", "e"]),
+            st.sampled_from(NODES),
+            st.lists(st.tuples(claims_strategy, st.sampled_from(KINDS)), max_size=3),
+        ),
+        max_size=12,
+    ),
+    st.lists(claims_strategy, max_size=2),
+)
+def test_colliding_claims_matches_every_pair(
+    writes: list[tuple[str, str, list[tuple[tuple[str, int, int, str], ClaimKind]]]],
+    reserved_specs: list[tuple[str, int, int, str]],
+) -> None:
+    """The per-port-table scan finds exactly the claims a pairwise comparison finds."""
+    reserved = [
+        Claim(p, f, la, ip, ClaimKind.CLUSTER_RESERVED, "cluster", "cluster")
+        for p, f, la, ip in reserved_specs
+    ]
+    index = PortIndex(cluster_reserved=reserved)
+    for owner, node, specs in writes:
+        claims = [Claim(p, f, la, ip, kind, owner, owner) for (p, f, la, ip), kind in specs]
+        index.set_owner(owner, node, claims)
+    pod_kinds = {ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK}
+    assert index.colliding_claims(pod_kinds, ignore=(ClaimKind.IN_FLIGHT,)) == (
+        brute_force_colliding(index, pod_kinds)
+    )
