@@ -28,6 +28,9 @@ from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError, RawEvent, Wa
 from extender.sinks import ObjectSink, RawObject
 
 log = logging.getLogger(__name__)
+
+HEALTHY_WATCH_SECONDS = 1.0
+"""A watch that delivered no event counts as working once it has stayed open this long."""
 _T = TypeVar("_T")
 
 
@@ -149,6 +152,8 @@ class Informer:
         self._relists = 0
         self._watch_restarts = 0
         self._broken_since: float | None = None
+        self._watch_opened_at: float | None = None
+        self._last_watch_healthy = False
         self._last_error: str | None = None
         self._sink_errors = 0
         self._gone_streak = 0
@@ -161,7 +166,7 @@ class Informer:
             last_event_at=self._last_event_at,
             relists=self._relists,
             watch_restarts=self._watch_restarts,
-            broken_since=self._broken_since,
+            broken_since=self._current_break(),
             last_error=self._last_error,
             sink_errors=self._sink_errors,
         )
@@ -197,15 +202,29 @@ class Informer:
             except KubeApiError as error:
                 await self._failed(error, None)
 
+    def _current_break(self) -> float | None:
+        """When the informer stopped following the server, or None while it follows it.
+
+        A watch counts as following once it has delivered an event or stayed open for
+        HEALTHY_WATCH_SECONDS; merely opening one does not, or a proxy that accepts and then
+        drops every watch would keep the extender "ready" forever.
+        """
+        opened = self._watch_opened_at
+        if opened is not None and self._clock() - opened >= HEALTHY_WATCH_SECONDS:
+            return None
+        return self._broken_since
+
     def _progressed(self) -> None:
         """Events or a healthy watch arrived: the next failure starts the backoff over."""
         self._backoff.reset()
         self._gone_streak = 0
+        self._broken_since = None
 
     async def _failed(self, error: KubeApiError, retry_after: float | None) -> None:
         now = self._clock()
-        if self._broken_since is None:
+        if self._current_break() is None or self._last_watch_healthy:
             self._broken_since = now
+        self._last_watch_healthy = False
         self._last_error = str(error)
         delay = self._backoff.next()
         if retry_after is not None:
@@ -242,16 +261,22 @@ class Informer:
         timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
         started = self._clock()
         stream = await self._api.open_watch(self.resource.path, params, timeout_seconds=timeout)
-        self._broken_since = None
+        self._watch_opened_at = started
         events = 0
-        async with stream:
-            async for event in stream:
-                self._apply(event)
-                if events == 0:
-                    self._progressed()
-                events += 1
+        try:
+            async with stream:
+                async for event in stream:
+                    self._apply(event)
+                    if events == 0:
+                        self._progressed()
+                    events += 1
+        finally:
+            self._last_watch_healthy = (
+                events > 0 or self._clock() - started >= HEALTHY_WATCH_SECONDS
+            )
+            self._watch_opened_at = None
         if events == 0:
-            if self._clock() - started < 1.0:
+            if self._clock() - started < HEALTHY_WATCH_SECONDS:
                 raise WatchStreamError(f"watch {self.resource.path}: very short watch, no events")
             self._progressed()
 

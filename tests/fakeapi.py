@@ -253,6 +253,7 @@ class FakeApiServer:
         self._watchers: set[_Watcher] = set()
         self._snapshots: dict[str, _Snapshot] = {}
         self._injections: list[_Injection] = []
+        self._hang_ups = 0
         self._token_ids = itertools.count(1)
         self._paused = False
         self._pending: list[_Change] = []
@@ -421,6 +422,10 @@ class FakeApiServer:
         for watcher in self._watchers:
             watcher.queue.put_nowait(partial_line)
             watcher.queue.put_nowait("abort")
+
+    def hang_up_watches(self, times: int) -> None:
+        """The next `times` watches are accepted (200) and then end at once, with no event."""
+        self._hang_ups = times
 
     def expire_watches(self) -> None:
         """Every open watch gets an ERROR event 410 Expired and is closed, as the cacher does."""
@@ -676,6 +681,12 @@ class FakeApiServer:
                             backlog.append(line)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
+        if self._hang_ups > 0:
+            # A flapping proxy: the watch is accepted, then ends at once with no event.
+            self._hang_ups -= 1
+            await response.prepare(request)
+            await response.write_eof()
+            return response
         if expired is not None:
             await response.prepare(request)
             await response.write(orjson.dumps({"type": "ERROR", "object": expired}) + b"\n")

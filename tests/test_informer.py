@@ -292,3 +292,19 @@ async def test_backoff_starts_over_once_events_flow_again(stack: Stack) -> None:
     fake.break_streams()
     await eventually(lambda: len(stack.delays) >= before + 2)
     assert all(0.8 <= delay <= 1.0 for delay in stack.delays[before:])
+
+
+async def test_watches_that_hang_up_at_once_stay_broken(stack: Stack) -> None:
+    """A proxy that accepts every watch and drops it before any event does not reset the break
+    (readiness can go stale); once watches hold again the informer follows and recovers."""
+    stack.fake.hang_up_watches(10_000)
+    stack.fake.break_streams()
+    await eventually(lambda: len(stack.delays) >= 6)
+    first = stack.pod_informer.status().broken_since
+    assert first is not None
+    await eventually(lambda: len(stack.delays) >= 12)
+    assert stack.pod_informer.status().broken_since == first
+    stack.fake.hang_up_watches(0)
+    stack.fake.put("pods", pod("after-the-flapping"))
+    await eventually(stack.in_sync)
+    await eventually(lambda: stack.pod_informer.status().broken_since is None)
