@@ -20,7 +20,9 @@ from extender.pods import (
     decode_node,
     decode_pod,
     in_flight_owner,
+    may_hold_ports,
     observed_owner,
+    pod_uid,
     reserved_owner,
 )
 from extender.ports import Claim, ClaimKind, PortIndex
@@ -101,7 +103,8 @@ class Cluster:
             self.pods_by_uid[uid] = pod
         else:
             self.pods_by_uid.pop(uid, None)
-        if pod.protected:
+        if pod.protected and (pod.claims or pod.init_claims):
+            # Only pods holding ports can be evicted "for a port".
             self.protected_uids.add(uid)
         else:
             self.protected_uids.discard(uid)
@@ -280,13 +283,20 @@ class _PodSink:
         self._cluster = cluster
 
     def upsert(self, raw: RawObject) -> None:
-        self._cluster.apply_pod(decode_pod(raw))
+        if self._matters(raw):
+            self._cluster.apply_pod(decode_pod(raw))
 
     def delete(self, raw: RawObject) -> None:
-        self._cluster.remove_pod(decode_pod(raw).uid)
+        self._cluster.remove_pod(pod_uid(raw))
 
     def replace(self, raws: list[RawObject]) -> None:
-        self._cluster.replace_pods(decode_pod(raw) for raw in raws)
+        # Pods that never held ports are not in the index, so leaving them out of the relist
+        # still releases exactly the pods that vanished.
+        self._cluster.replace_pods(decode_pod(raw) for raw in raws if self._matters(raw))
+
+    def _matters(self, raw: RawObject) -> bool:
+        """Whether `raw` can change the index: it may hold ports, or it did until now."""
+        return may_hold_ports(raw) or pod_uid(raw) in self._cluster.pods_by_uid
 
 
 class _NodeSink:

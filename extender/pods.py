@@ -102,6 +102,56 @@ def in_flight_owner(uid: str) -> str:
     return f"in-flight:{uid}"
 
 
+def may_hold_ports(raw_pod: Mapping[str, Any]) -> bool:
+    """False only for a pod that `decode_pod` would find no claim (or problem) in.
+
+    Most pods use no host port; this look at a few fields lets the informer skip building
+    records for them (ingest and relists). It errs towards True on anything unusual.
+    """
+    spec = raw_pod.get("spec")
+    metadata = raw_pod.get("metadata")
+    if not isinstance(spec, Mapping) or not isinstance(metadata, Mapping):
+        return True
+    if spec.get("hostNetwork") is not None and spec.get("hostNetwork") is not False:
+        return True
+    annotations = metadata.get("annotations")
+    if annotations and (not isinstance(annotations, Mapping) or LISTEN_ANNOTATION in annotations):
+        return True
+    for group in ("containers", "initContainers"):
+        containers = spec.get(group)
+        if containers is None:
+            continue
+        if not isinstance(containers, list):
+            return True
+        for container in containers:
+            if not isinstance(container, Mapping):
+                return True
+            ports = container.get("ports")
+            if ports is None:
+                continue
+            if not isinstance(ports, list):
+                return True
+            for port in ports:
+                if not isinstance(port, Mapping) or port.get("hostPort"):
+                    return True
+    return False
+
+
+def pod_uid(raw_pod: Mapping[str, Any]) -> str:
+    """The key a pod is indexed under: its UID, or namespace/name when it has none."""
+    metadata = raw_pod.get("metadata")
+    if isinstance(metadata, Mapping):
+        uid = metadata.get("uid")
+        if isinstance(uid, str) and uid:
+            return uid
+        namespace = metadata.get("namespace")
+        name = metadata.get("name")
+        return f"{namespace if isinstance(namespace, str) and namespace else 'default'}/" + (
+            name if isinstance(name, str) else ""
+        )
+    return "default/"
+
+
 def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
     """Decode a Pod object; `strict` raises PodShapeError instead of noting problems."""
     if not isinstance(raw_pod, Mapping):

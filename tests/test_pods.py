@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from extender.errors import WireError
 from extender.pods import (
@@ -12,6 +14,7 @@ from extender.pods import (
     PodShapeError,
     decode_node,
     decode_pod,
+    may_hold_ports,
 )
 from extender.ports import ClaimKind
 from tests.objects import node, pod, port
@@ -171,3 +174,59 @@ def test_node_without_name_is_an_error() -> None:
     """A Node without metadata.name cannot be indexed."""
     with pytest.raises(WireError):
         decode_node({"metadata": {}})
+
+
+port_fields = st.fixed_dictionaries(
+    {"containerPort": st.integers(1, 65535)},
+    optional={
+        "hostPort": st.one_of(st.integers(0, 70000), st.just("80"), st.none()),
+        "protocol": st.sampled_from(["TCP", "udp", "HTTP", ""]),
+        "hostIP": st.sampled_from(["", "10.0.0.1", "::", "bogus"]),
+    },
+)
+containers = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.just("c")},
+        optional={
+            "ports": st.one_of(st.lists(port_fields, max_size=3), st.none(), st.just("x")),
+            "restartPolicy": st.just("Always"),
+        },
+    ),
+    max_size=2,
+)
+raw_pods = st.builds(
+    lambda hn, cs, ics, ann, phase: {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u", "annotations": ann},
+        "spec": {"hostNetwork": hn, "containers": cs, "initContainers": ics},
+        "status": {"phase": phase},
+    },
+    st.sampled_from([None, False, True, "yes"]),
+    containers,
+    st.one_of(containers, st.none()),
+    st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.sampled_from(["hostports.dev/listen", "team", "hostports.dev/protected"]),
+            st.sampled_from(["80", "true", "bad!"]),
+            max_size=2,
+        ),
+    ),
+    st.sampled_from(["Running", "Pending", "Succeeded"]),
+)
+
+
+@given(raw_pods)
+def test_the_quick_check_never_skips_a_pod_with_claims(raw: dict[str, Any]) -> None:
+    """may_hold_ports() is False only when decode_pod() finds no claim and no problem."""
+    if not may_hold_ports(raw):
+        record = decode_pod(raw)
+        assert (record.claims, record.init_claims, record.problems) == ((), (), ())
+
+
+def test_the_quick_check_skips_plain_pods() -> None:
+    """Pods without hostNetwork, hostPorts or a listen annotation need no record at all."""
+    assert not may_hold_ports(pod("web", ports=[port(8080)]))
+    assert not may_hold_ports(pod("job", phase="Succeeded", annotations={"team": "a"}))
+    assert may_hold_ports(pod("hp", ports=[port(80, 80)]))
+    assert may_hold_ports(pod("hn", host_network=True))
+    assert may_hold_ports(pod("init", init_ports=[port(7000, 7000)]))
