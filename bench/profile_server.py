@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     objects = load_objects([args.snapshot])
     cluster.nodes.replace(objects.nodes)
     cluster.pods.replace(objects.pods)
+    cluster.settle()
     summary = f"{len(objects.nodes)} nodes, {len(objects.pods)} pods (profiled)"
     if args.drop_snapshot:
         del objects

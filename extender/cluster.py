@@ -201,6 +201,10 @@ class Cluster:
     def bound_reservations(self) -> int:
         return len(self._bound)
 
+    def settle(self) -> None:
+        """After a bulk load: lay out the hot lookup tables compactly (see PortIndex.compact)."""
+        self.index.compact()
+
     def sweep(self) -> None:
         """Periodic upkeep: expire reservations and stale observations, trim UDP history."""
         now = self.clock()

@@ -101,6 +101,7 @@ class Live:
         observer: InformerObserver | None = None,
     ) -> None:
         self.api = KubeApi(connection)
+        self._cluster = cluster
         rng = rng or random.Random()
         self.pods = Informer(
             self.api,
@@ -153,6 +154,7 @@ class Live:
             # A one-off wait on status the informers expose without an event: two polls a second.
             while not (self.pods.status().synced and self.nodes.status().synced):  # noqa: ASYNC110
                 await asyncio.sleep(0.5)
+            self._cluster.settle()
 
 
 def create_live_app(

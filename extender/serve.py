@@ -159,6 +159,7 @@ def load_snapshot_cluster(settings: Settings, paths: list[Path]) -> tuple[Cluste
         objects = load_objects(paths)
         cluster.nodes.replace(objects.nodes)
         cluster.pods.replace(objects.pods)
+        cluster.settle()
     summary = (
         f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
         f"({len(cluster.pods_by_uid)} with host-level ports) from " + ", ".join(map(str, paths))

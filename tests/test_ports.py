@@ -277,3 +277,17 @@ def test_colliding_claims_matches_every_pair(
     assert index.colliding_claims(pod_kinds, ignore=(ClaimKind.IN_FLIGHT,)) == (
         brute_force_colliding(index, pod_kinds)
     )
+
+
+def test_compacting_keeps_the_spread_scores() -> None:
+    """compact() re-allocates keys only: every node keeps its score and later writes still count."""
+    index = PortIndex()
+    for number in range(3):
+        index.set_owner(f"p{number}", "n1", [claim(f"{80 + number}", owner=f"p{number}")])
+    index.set_owner("q", "n2", [claim("80", owner="q")])
+    before = dict(index.spread_scores)
+    index.compact()
+    assert index.spread_scores == before == {"n1": 7, "n2": 9}
+    index.remove_owner("q")
+    index.set_owner("r", "n1", [claim("90", owner="r")])
+    assert index.spread_scores == {"n1": 6}
