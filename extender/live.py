@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -103,10 +104,9 @@ class Live:
         self.api = KubeApi(connection)
         self._cluster = cluster
         rng = rng or random.Random()
-        self.pods = Informer(
+        informer = functools.partial(
+            Informer,
             self.api,
-            PODS,
-            cluster.pods,
             watch_timeout=watch_timeout,
             page_size=page_size,
             clock=clock,
@@ -114,17 +114,8 @@ class Live:
             rng=rng,
             observer=observer,
         )
-        self.nodes = Informer(
-            self.api,
-            NODES,
-            cluster.nodes,
-            watch_timeout=watch_timeout,
-            page_size=page_size,
-            clock=clock,
-            sleep=sleep,
-            rng=rng,
-            observer=observer,
-        )
+        self.pods = informer(PODS, cluster.pods)
+        self.nodes = informer(NODES, cluster.nodes)
         self.readiness = LiveReadiness(
             (self.pods, self.nodes), staleness_seconds=staleness_seconds, clock=clock
         )
