@@ -52,6 +52,8 @@ class ExtenderArgs:
     node_names: list[str]
     node_items: list[RawDict] | None
     sent_names: bool
+    item_names: list[str] | None = None
+    """The names of `node_items`, in step with them (the same list when only Nodes came)."""
 
 
 def decode_extender_args(body: bytes) -> ExtenderArgs:
@@ -76,10 +78,14 @@ def decode_extender_args(body: bytes) -> ExtenderArgs:
     if names is not None:
         if not isinstance(names, list) or not _all_strings(names):
             raise WireError("NodeNames must be a list of strings")
-        return ExtenderArgs(raw_pod, names, items, sent_names=True)
+        # Both lists (never sent by the scheduler, which sets exactly one): NodeNames are the
+        # candidates; a Node object is kept only if its name passes.
+        item_names = _names_of(items) if items is not None else None
+        return ExtenderArgs(raw_pod, names, items, sent_names=True, item_names=item_names)
     if items is None:
         raise WireError("missing NodeNames and Nodes: no candidate nodes given")
-    return ExtenderArgs(raw_pod, _names_of(items), items, sent_names=False)
+    item_names = _names_of(items)
+    return ExtenderArgs(raw_pod, item_names, items, sent_names=False, item_names=item_names)
 
 
 def _all_strings(values: list[Any]) -> bool:
@@ -117,14 +123,14 @@ def encode_filter_result(
     }
     if args.sent_names or args.node_items is None:
         result["NodeNames"] = passed
-    if args.node_items is not None:
-        if len(passed) == len(args.node_items):
+    if args.node_items is not None and args.item_names is not None:
+        if args.item_names is args.node_names and len(passed) == len(args.node_items):
             kept = args.node_items
         else:
             keep = set(passed)
             kept = [
                 item
-                for item, name in zip(args.node_items, args.node_names, strict=True)
+                for item, name in zip(args.node_items, args.item_names, strict=True)
                 if name in keep
             ]
         result["Nodes"] = {"metadata": {}, "items": kept}

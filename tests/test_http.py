@@ -376,3 +376,20 @@ async def test_expired_tentative_reservation_stops_blocking(make_extender: MakeE
     assert answer["NodeNames"] == NAMES
     cluster.sweep()
     assert cluster.in_flight.get("uid-a") is None
+
+
+async def test_both_node_names_and_nodes_are_answered_consistently(
+    make_extender: MakeExtender,
+) -> None:
+    """A request with both lists (found by fuzzing; 500 before): NodeNames are judged and a Node
+    object comes back only if its name passed."""
+    client, _ = await make_extender(NODES, [pod("a", node="n2", ports=[port(80, 80)])])
+    body = {
+        "Pod": pod("b", ports=[port(80, 80)]),
+        "NodeNames": ["n1", "n2"],
+        "Nodes": {"metadata": {}, "items": NODES},
+    }
+    status, answer = await post(client, "filter", body)
+    assert status == 200
+    assert answer["NodeNames"] == ["n1"]
+    assert [n["metadata"]["name"] for n in answer["Nodes"]["items"]] == ["n1"]
