@@ -230,3 +230,49 @@ def test_the_quick_check_skips_plain_pods() -> None:
     assert may_hold_ports(pod("hp", ports=[port(80, 80)]))
     assert may_hold_ports(pod("hn", host_network=True))
     assert may_hold_ports(pod("init", init_ports=[port(7000, 7000)]))
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "metadata",
+                    "spec",
+                    "status",
+                    "containers",
+                    "initContainers",
+                    "ports",
+                    "hostPort",
+                    "containerPort",
+                    "hostNetwork",
+                    "annotations",
+                    "name",
+                    "uid",
+                    "phase",
+                    "nodeName",
+                    "protocol",
+                    "hostIP",
+                    "restartPolicy",
+                    "hostports.dev/listen",
+                    "hostports.dev/reserved",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["metadata", "spec", "status"]), any_json, max_size=3))
+def test_lenient_decoding_never_raises(raw: dict[str, Any]) -> None:
+    """Objects from the API server decode leniently: any shape gives a record, never an error."""
+    record = decode_pod(raw)
+    assert all(1 <= c.first <= c.last <= 65535 for c in record.claims + record.init_claims)
+    metadata = raw.get("metadata")
+    raw_node = dict(raw, metadata={**(metadata if isinstance(metadata, dict) else {}), "name": "n"})
+    decode_node(raw_node)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -124,3 +126,12 @@ def test_format_then_parse_covers_exactly_the_same_ports(specs: list[PortSpec]) 
     text = format_port_specs(specs)
     assert covered(parse_port_specs(text)) == covered(specs)
     assert merge_port_specs(parse_port_specs(text)) == parse_port_specs(text)
+
+
+@given(st.text(max_size=60))
+def test_any_text_parses_or_raises_port_spec_error(text: str) -> None:
+    """No input makes the parser fail any other way; lenient parsing never raises."""
+    with contextlib.suppress(PortSpecError):
+        parse_port_specs(text)
+    specs, _problems = parse_port_specs_lenient(text)
+    assert all(1 <= s.first <= s.last <= 65535 for s in specs)
