@@ -41,18 +41,32 @@ class Tentative:
         )
 
 
-class InFlight:
-    """The tentative reservations, keyed by pod UID."""
+DEFAULT_MAX_TENTATIVE = 256
+"""How many tentative reservations are kept at most (oldest dropped first).
 
-    def __init__(self) -> None:
+Each keeps the node names its pod passed, up to ~0.4 MB for 5,000 candidates, so a storm of
+pods that fail after our filter (a Reserve or PreBind failure: no bind ever comes) must not grow
+memory without bound. The scheduler decides one pod at a time, so the reservations that matter
+are the most recent ones; a pod that binds later is still held by its binding.
+"""
+
+
+class InFlight:
+    """The tentative reservations, keyed by pod UID, oldest first."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_TENTATIVE) -> None:
         self._by_uid: dict[str, Tentative] = {}
+        self._max_entries = max_entries
 
     def __len__(self) -> int:
         return len(self._by_uid)
 
     def hold(self, pod: PodPorts, passed: Sequence[str], expires: float) -> None:
         """Record (or refresh) `pod` as possibly going to any of `passed`."""
+        self._by_uid.pop(pod.uid, None)  # a refreshed reservation becomes the newest
         self._by_uid[pod.uid] = Tentative(pod, passed, expires)
+        while len(self._by_uid) > self._max_entries:
+            del self._by_uid[next(iter(self._by_uid))]
 
     def get(self, uid: str) -> Tentative | None:
         return self._by_uid.get(uid)

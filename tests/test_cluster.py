@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from extender.cluster import Cluster
 from extender.decisions import filter_pod
+from extender.inflight import InFlight
 from extender.pods import decode_pod, in_flight_owner
 from extender.settings import Settings
 from tests.objects import node, pod, port
@@ -135,3 +136,15 @@ def test_problems_are_reported_once(caplog: object) -> None:
     for _ in range(3):
         cluster.nodes.upsert(node("n1", {"hostports.dev/reserved": "nope"}))
     assert cluster.stats.problems_seen == 1
+
+
+def test_tentative_reservations_are_bounded_oldest_first() -> None:
+    """A storm of filtered pods that never bind keeps at most the newest reservations."""
+    in_flight = InFlight(max_entries=3)
+    records = [decode_pod(pod(f"p{i}", ports=[port(80, 80)]), strict=True) for i in range(5)]
+    for record in records[:3]:
+        in_flight.hold(record, ["n1"], expires=1e9)
+    in_flight.hold(records[0], ["n1"], expires=1e9)  # refreshed: now the newest
+    in_flight.hold(records[3], ["n1"], expires=1e9)
+    in_flight.hold(records[4], ["n1"], expires=1e9)
+    assert [t.pod.name for t in in_flight.all()] == ["p0", "p3", "p4"]
