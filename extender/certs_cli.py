@@ -22,7 +22,6 @@ from extender import certs
 DEFAULT_SERVICE = "hostport-extender-webhook"
 DEFAULT_NAMESPACE = "hostport-system"
 DEFAULT_SECRET = "hostport-extender-webhook-tls"
-DEFAULT_WEBHOOK = "hostport-extender"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

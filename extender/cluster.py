@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from extender.inflight import InFlight
 from extender.pods import (
@@ -52,13 +52,10 @@ class _NodeState:
 
 @dataclass(slots=True)
 class ClusterStats:
-    """Counters for metrics and `/debug`."""
+    """Counters about what the cluster sent us."""
 
-    pods_with_claims: int = 0
-    stale_observations: int = 0
     problems_seen: int = 0
-    bindings: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    """Distinct malformed annotations or fields logged (each is logged once)."""
 
 
 class Cluster:
@@ -168,7 +165,6 @@ class Cluster:
         Unless the index already shows the pod there (snapshot mode, or a fast watch), an
         in-flight reservation holds its ports until the watch shows it, or until it expires.
         """
-        self.stats.bindings += 1
         tentative = self.in_flight.take(uid)
         pod = tentative.pod if tentative is not None else self.pods_by_uid.get(uid)
         held = self.index.claims_of(uid)

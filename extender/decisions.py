@@ -6,7 +6,7 @@ again. Per-node Python work is kept to what the answer itself needs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import filterfalse
 
@@ -60,13 +60,6 @@ def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> 
     return FilterVerdict(passed, rejected, in_flight, held)
 
 
-def passed_nodes(candidates: Sequence[str], rejected: Mapping[str, str]) -> list[str]:
-    """The candidates not rejected, in the scheduler's order."""
-    if not rejected:
-        return list(candidates)
-    return list(filterfalse(rejected.__contains__, candidates))
-
-
 def score_nodes(cluster: Cluster, pod: PodPorts) -> tuple[Mapping[str, int], int]:
     """Scores 0..10 as (node -> score, score of every other node).
 
@@ -111,11 +104,4 @@ def _is_protected(cluster: Cluster, uid: str) -> bool:
     held = cluster.index.claims_of(uid)
     if held is None or not cluster.protected_ports:
         return False
-    return any(
-        claim.protocol == spec.protocol
-        and claim.first <= spec.last
-        and spec.first <= claim.last
-        and (not claim.ip or not spec.ip or claim.ip == spec.ip)
-        for claim in held[1]
-        for spec in cluster.protected_ports
-    )
+    return any(claim.collides(spec) for claim in held[1] for spec in cluster.protected_ports)

@@ -21,8 +21,11 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from extender.portspec import WILDCARD, PortSpec
+
+_T = TypeVar("_T")
 
 RANGE_EXPANSION_LIMIT = 64
 """Ranges up to this many ports are expanded into the point index; wider ones stay ranges."""
@@ -84,7 +87,7 @@ class Claim:
     def port_spec(self) -> PortSpec:
         return PortSpec(self.protocol, self.first, self.last, self.ip)
 
-    def collides(self, other: Claim) -> bool:
+    def collides(self, other: Claim | PortSpec) -> bool:
         """The conflict rule: same protocol, overlapping ports, overlapping addresses."""
         return (
             self.protocol == other.protocol
@@ -92,11 +95,6 @@ class Claim:
             and other.first <= self.last
             and (self.ip in (other.ip, WILDCARD) or other.ip == WILDCARD)
         )
-
-
-def addresses_overlap(left: str, right: str) -> bool:
-    """Two normalised host IPs overlap when equal or when either is the wildcard."""
-    return left in (right, WILDCARD) or right == WILDCARD
 
 
 NodeClaims = dict[str, list[Claim]]
@@ -255,15 +253,6 @@ class PortIndex:
         """(node, claims) held by `owner`, if any."""
         owned = self._owners.get(owner)
         return None if owned is None else (owned.node, owned.claims)
-
-    def host_port_pods_on(self, node: str) -> int:
-        """How many pods hold host-level ports on `node` (for spreading)."""
-        return self._pod_owner_count.get(node, 0)
-
-    @property
-    def pod_counts(self) -> dict[str, int]:
-        """node -> pods holding host-level ports there (read-only view for bulk scoring)."""
-        return self._pod_owner_count
 
     @property
     def spread_scores(self) -> dict[str, int]:
@@ -449,15 +438,8 @@ class PortIndex:
     def forget_udp_history(self) -> None:
         """Drop UDP release/switch records older than the window, so history stays bounded."""
         horizon = self._clock() - self._udp_window
-        for table in (self._udp_released, self._udp_switched):
-            for port in list(table):
-                nodes = table[port]
-                for node in [
-                    n for n, v in nodes.items() if (v[1] if isinstance(v, tuple) else v) < horizon
-                ]:
-                    del nodes[node]
-                if not nodes:
-                    del table[port]
+        _prune(self._udp_released, lambda released: released[1], horizon)
+        _prune(self._udp_switched, lambda switched: switched, horizon)
 
 
 class _Scope:
@@ -523,6 +505,16 @@ def _merge(found: dict[str, Claim], more: dict[str, Claim]) -> None:
     elif more:
         more.update(found)
         found.update(more)
+
+
+def _prune(table: dict[int, dict[str, _T]], when: Callable[[_T], float], horizon: float) -> None:
+    """Delete the records of `table` (port -> node -> record) older than `horizon`."""
+    for port in list(table):
+        nodes = table[port]
+        for node in [node for node, record in nodes.items() if when(record) < horizon]:
+            del nodes[node]
+        if not nodes:
+            del table[port]
 
 
 def _owned_by_several(held: list[Claim]) -> bool:

@@ -42,17 +42,6 @@ NOT_A_POD_CREATE = "not-a-pod-create"
 MAX_REVIEW_BYTES = 4 * 1024 * 1024
 """A pod spec is bounded by etcd's 1.5 MiB object limit; the review wraps it (old + new object)."""
 
-REASONS = (
-    ROUTED,
-    ALREADY_ROUTED,
-    NO_HOST_PORTS,
-    OTHER_SCHEDULER,
-    NODE_NAME_SET,
-    EXTENDER_POD,
-    EXCLUDED_NAMESPACE,
-    NOT_A_POD_CREATE,
-)
-
 
 class ReviewError(ExtenderError):
     """A request that is not a usable AdmissionReview v1; answered with HTTP 400 and this text."""
