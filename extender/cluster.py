@@ -7,6 +7,7 @@ on the event loop, so no locks. Logs each malformed annotation once, not once pe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -96,24 +97,20 @@ class Cluster:
         self._report(pod.problems)
         uid = pod.uid
         previous = self.pods_by_uid.get(uid)
-        if pod.claims or pod.init_claims:
+        holds_ports = bool(pod.claims or pod.init_claims)
+        if holds_ports:
             self.pods_by_uid[uid] = pod
         else:
             self.pods_by_uid.pop(uid, None)
-        if pod.protected and (pod.claims or pod.init_claims):
+        if pod.protected and holds_ports:
             # Only pods holding ports can be evicted "for a port".
             self.protected_uids.add(uid)
         else:
             self.protected_uids.discard(uid)
         self.index.set_owner(uid, pod.node, pod.claims)
-        if pod.node:
+        if pod.node and self._release_reservations(uid):
             # The informer (or a snapshot binding) shows where the pod went: reservations settle.
-            settled = self.in_flight.take(uid) is not None
-            if self._bound.pop(uid, None) is not None:
-                self.index.remove_owner(in_flight_owner(uid))
-                settled = True
-            if settled:
-                self.on_change()
+            self.on_change()
         for node in {pod.node, previous.node if previous else ""} - {""}:
             self._refresh_observed(node)
 
@@ -121,10 +118,7 @@ class Cluster:
         previous = self.pods_by_uid.pop(uid, None)
         self.protected_uids.discard(uid)
         self.index.remove_owner(uid)
-        settled = self.in_flight.take(uid) is not None
-        if self._bound.pop(uid, None) is not None:
-            self.index.remove_owner(in_flight_owner(uid))
-            settled = True
+        settled = self._release_reservations(uid)
         if previous is not None and previous.node:
             self._refresh_observed(previous.node)
         if settled:
@@ -145,19 +139,7 @@ class Cluster:
         tentative = self.in_flight.take(uid)
         pod = tentative.pod if tentative is not None else self.pods_by_uid.get(uid)
         if pod is not None:
-            self.apply_pod(
-                PodPorts(
-                    pod.uid,
-                    pod.namespace,
-                    pod.name,
-                    node,
-                    pod.host_network,
-                    pod.scheduler_name,
-                    pod.claims,
-                    pod.init_claims,
-                    pod.protected,
-                )
-            )
+            self.apply_pod(dataclasses.replace(pod, node=node))
 
     def record_binding(self, uid: str, node: str) -> None:
         """The scheduler bound `uid` to `node` through us and the binder succeeded.
@@ -189,10 +171,16 @@ class Cluster:
 
     def forget_in_flight(self, uid: str) -> None:
         """A binding failed: the pod holds nothing until the scheduler tries again."""
-        self.in_flight.take(uid)
+        self._release_reservations(uid)
+        self.on_change()
+
+    def _release_reservations(self, uid: str) -> bool:
+        """Drop the tentative and the bound reservation of `uid`; whether there was any."""
+        released = self.in_flight.take(uid) is not None
         if self._bound.pop(uid, None) is not None:
             self.index.remove_owner(in_flight_owner(uid))
-        self.on_change()
+            released = True
+        return released
 
     def bound_reservations(self) -> int:
         return len(self._bound)
