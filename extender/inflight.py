@@ -94,7 +94,7 @@ class InFlight:
                 continue
             if not _any_collision(wanted, tentative.pod.wanted):
                 continue
-            for node in _intersect(candidates, tentative.nodes):
+            for node in tentative.nodes.intersection(candidates):
                 found.setdefault(node, tentative)
         return found
 
@@ -104,9 +104,3 @@ class InFlight:
 
 def _any_collision(left: Sequence[Claim], right: Sequence[Claim]) -> bool:
     return any(a.collides(b) for a in left for b in right)
-
-
-def _intersect(candidates: Collection[str], nodes: frozenset[str]) -> Iterable[str]:
-    if isinstance(candidates, (set, frozenset)):
-        return candidates & nodes
-    return nodes.intersection(candidates)
