@@ -24,13 +24,10 @@ from pyinstrument import Profiler
 
 from extender.app import create_app
 from extender.binding import SnapshotBinder
-from extender.cluster import Cluster
-from extender.heap import freeze_heap
 from extender.metrics import new_metrics
 from extender.readiness import AlwaysReady
-from extender.serve import serve_app
+from extender.serve import load_snapshot_cluster, serve_app
 from extender.settings import Settings
-from extender.snapshot import load_objects
 
 
 @dataclass(slots=True)
@@ -64,23 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--out", type=Path, required=True, help="writes PREFIX.txt, PREFIX.html")
     parser.add_argument("--interval", type=float, default=0.0005, help="sampling interval, s")
-    parser.add_argument(
-        "--drop-snapshot",
-        action="store_true",
-        help="free the decoded snapshot before serving (serve.run keeps it alive)",
-    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     settings = Settings(listen_host=host, listen_port=int(port))
-    cluster = Cluster(settings)
-    objects = load_objects([args.snapshot])
-    cluster.nodes.replace(objects.nodes)
-    cluster.pods.replace(objects.pods)
-    cluster.settle()
-    summary = f"{len(objects.nodes)} nodes, {len(objects.pods)} pods (profiled)"
-    if args.drop_snapshot:
-        del objects
-    freeze_heap()
+    # Loaded exactly as `serve --snapshot` loads it (GC policy, compaction, freeze).
+    cluster, summary = load_snapshot_cluster(settings, [args.snapshot])
+    summary += " (profiled)"
     app = create_app(
         cluster,
         settings,

@@ -253,9 +253,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run ours under pyinstrument (bench/profile_server.py); figures are not published",
     )
-    parser.add_argument(
-        "--drop-snapshot", action="store_true", help="with --profile: free the raw snapshot"
-    )
     return parser
 
 
@@ -289,8 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         context["mode"] += " (ours profiled)"
         ours_command = servers.profiled_command(snapshot, args.out / "profile" / "ours")
-        if args.drop_snapshot:
-            ours_command.append("--drop-snapshot")
     logs = args.out / "logs"
     try:
         with (
