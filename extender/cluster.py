@@ -8,6 +8,7 @@ on the event loop, so no locks. Logs each malformed annotation once, not once pe
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +35,8 @@ from extender.sinks import RawObject
 log = logging.getLogger(__name__)
 
 _MAX_REMEMBERED_PROBLEMS = 10_000
+UDP_PRUNE_INTERVAL_SECONDS = 60.0
+"""UDP owner history only needs trimming now and then; its window is ten minutes."""
 
 
 @dataclass(slots=True)
@@ -83,6 +86,9 @@ class Cluster:
         """Pods that hold or want host-level ports (others are not kept)."""
         self.protected_uids: set[str] = set()
         self._bound: dict[str, _BoundReservation] = {}
+        self._stale_deadlines: list[tuple[float, str, float]] = []
+        """(wall time an observation goes stale, node, its observed-at), a min-heap."""
+        self._udp_pruned_at = clock()
         self._problems_reported: set[str] = set()
         self.stats = ClusterStats()
         self.pods = _PodSink(self)
@@ -197,11 +203,26 @@ class Cluster:
             del self._bound[uid]
             self.index.remove_owner(in_flight_owner(uid))
             changed = True
-        for node in list(self.nodes_known):
-            self._refresh_observed(node)
-        self.index.forget_udp_history()
+        self._expire_observations()
+        if now - self._udp_pruned_at >= UDP_PRUNE_INTERVAL_SECONDS:
+            self.index.forget_udp_history()
+            self._udp_pruned_at = now
         if changed:
             self.on_change()
+
+    def _expire_observations(self) -> None:
+        """Re-evaluate only the nodes whose observations have just passed the staleness bound.
+
+        Runs every second on the event loop: a scan of every node there cost ~30 ms at 5,000
+        nodes running the agent. Deadlines sit in a heap; an entry superseded by a newer
+        observation of its node is skipped when it comes up.
+        """
+        now = self.wall_clock()
+        while self._stale_deadlines and self._stale_deadlines[0][0] <= now:
+            _, name, observed_at = heapq.heappop(self._stale_deadlines)
+            state = self.nodes_known.get(name)
+            if state is not None and state.observed_at == observed_at:
+                self._refresh_observed(name)
 
     # --- nodes -------------------------------------------------------------------------------
 
@@ -209,8 +230,12 @@ class Cluster:
         self._report(node.problems)
         state = self.nodes_known.setdefault(node.name, _NodeState())
         self.index.set_owner(reserved_owner(node.name), node.name, node.reserved)
+        fresh_observation = node.observed_at != state.observed_at
         state.observed = node.observed
         state.observed_at = node.observed_at
+        if fresh_observation and node.observed and node.observed_at is not None:
+            deadline = node.observed_at + self.settings.observed_stale_seconds
+            heapq.heappush(self._stale_deadlines, (deadline, node.name, node.observed_at))
         self._refresh_observed(node.name)
 
     def remove_node(self, name: str) -> None:

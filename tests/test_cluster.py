@@ -148,3 +148,26 @@ def test_tentative_reservations_are_bounded_oldest_first() -> None:
     in_flight.hold(records[3], ["n1"], expires=1e9)
     in_flight.hold(records[4], ["n1"], expires=1e9)
     assert [t.pod.name for t in in_flight.all()] == ["p0", "p3", "p4"]
+
+
+def test_a_refreshed_observation_outlives_its_predecessor_s_deadline() -> None:
+    """Staleness follows the newest observed-at: the superseded deadline does not count."""
+    clock = Clock()
+    cluster = make_cluster(clock, observed_stale_seconds=300)
+    first = "2027-01-15T08:00:00Z"  # clock.wall = 1_800_000_000
+    second = "2027-01-15T08:04:00Z"  # 240 s later
+    cluster.nodes.upsert(
+        node("n1", {"hostports.dev/observed": "2703", "hostports.dev/observed-at": first})
+    )
+    clock.wall += 240
+    cluster.nodes.upsert(
+        node("n1", {"hostports.dev/observed": "2703", "hostports.dev/observed-at": second})
+    )
+    clock.wall += 100  # past the first observation's deadline, within the second's
+    cluster.sweep()
+    assert not cluster.observation_is_stale("n1")
+    assert "n1" in rejected(cluster, pod("agent", host_network=True, ports=[port(2703)]), ["n1"])
+    clock.wall += 201  # past the second's deadline
+    cluster.sweep()
+    assert cluster.observation_is_stale("n1")
+    assert rejected(cluster, pod("agent", host_network=True, ports=[port(2703)]), ["n1"]) == {}
