@@ -240,8 +240,12 @@ class PortIndex:
     # --- reading -----------------------------------------------------------------------------
 
     def node_names(self) -> list[str]:
-        """Nodes that hold at least one claim."""
+        """Nodes that hold at least one claim, sorted."""
         return sorted(self._by_node)
+
+    def node_count(self) -> int:
+        """How many nodes hold at least one claim (for the metrics scrape: no sorting)."""
+        return len(self._by_node)
 
     def claims_on(self, node: str) -> list[Claim]:
         """Every claim on `node` (cluster-wide reserved ports included), sorted for display."""

@@ -32,7 +32,7 @@ def live_conflicts(index: PortIndex) -> dict[str, int]:
 def observe_cluster(metrics: Metrics, cluster: Cluster, readiness: Readiness) -> None:
     """Export index size, readiness, reservations and live conflicts of `cluster` at scrape."""
     index = cluster.index
-    metrics.observe_index(lambda: (len(index.node_names()), index.claim_count()))
+    metrics.observe_index(lambda: (index.node_count(), index.claim_count()))
     metrics.observe_readiness(readiness)
     metrics.observe_conflicts(lambda: live_conflicts(index))
     metrics.observe_in_flight(lambda: len(cluster.in_flight) + cluster.bound_reservations())
