@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,20 @@ from extender.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PAYLOADS = SHARED / "payloads"
+
+
+def start_command(*argv: str) -> subprocess.Popen[str]:
+    """`python -m extender ARGV...` as a child process, as an operator or a container runs it:
+    stdout and stderr piped as text, unbuffered, from the repository's root."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "extender", *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
 
 ExtenderClient = TestClient[web.Request, web.Application]
 MakeExtender = Callable[..., Awaitable[tuple[ExtenderClient, Cluster]]]

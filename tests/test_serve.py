@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from extender.cli import main
 from extender.snapshot import load_objects
-from tests.conftest import REPO
+from tests.conftest import REPO, start_command
 
 SAMPLE = REPO / "config" / "samples" / "cluster.yaml"
 
@@ -23,22 +21,7 @@ SAMPLE = REPO / "config" / "samples" / "cluster.yaml"
 @pytest.fixture
 def served() -> Iterator[tuple[str, str]]:
     """The sample cluster served by a real `python -m extender serve` on an ephemeral port."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "extender",
-            "serve",
-            "--snapshot",
-            str(SAMPLE),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_command("serve", "--snapshot", str(SAMPLE), "--listen", "127.0.0.1:0")
     assert process.stdout is not None
     banner = process.stdout.readline()
     hint = process.stdout.readline() + process.stdout.readline()

@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from extender.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.snapshot import load_objects
 from extender.telemetry import live_conflicts
+from tests.conftest import start_command
 from tests.pki import PKI, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,31 +129,22 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 def start_serve(pki: PKI) -> subprocess.Popen[str]:
     """`hostport-extender serve` over mTLS with an ops port, as a child process."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "extender",
-            "serve",
-            "--snapshot",
-            str(SAMPLE),
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            str(pki.server_cert),
-            "--tls-key",
-            str(pki.server_key),
-            "--tls-client-ca",
-            str(pki.ca),
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    return start_command(
+        "serve",
+        "--snapshot",
+        str(SAMPLE),
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        "--tls-client-ca",
+        str(pki.ca),
+        "--log-format",
+        "json",
     )
 
 

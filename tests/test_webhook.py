@@ -6,10 +6,8 @@ import argparse
 import base64
 import copy
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +29,7 @@ from extender.webhook import (
     create_webhook_app,
     route_decision,
 )
+from tests.conftest import start_command
 from tests.pki import PKI, SERVICE_NAME, make_pki
 
 POLICY = RoutingPolicy()
@@ -275,13 +274,7 @@ async def test_decisions_are_counted_in_metrics(pki: PKI, webhook_url: str) -> N
 
 def run_webhook(*argv: str) -> subprocess.Popen[str]:
     """Start the `webhook` subcommand in a child process, as the container entrypoint would."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "extender", "webhook", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return start_command("webhook", *argv)
 
 
 async def test_subcommand_serves_https_and_stops_on_sigterm(pki: PKI) -> None:
