@@ -11,12 +11,10 @@ hit ours and the baseline alike: ratios from the same rounds are what we compare
 from __future__ import annotations
 
 import asyncio
-import gc
 import http.client
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ import aiohttp
 import orjson
 
 from bench.servers import Server
+from extender.heap import collector_paused
 
 HEADERS = {
     "Content-Type": "application/json",
@@ -101,7 +100,7 @@ class SerialClient:
     def run(self, call: Call, count: int, timings: Timings) -> None:
         """Send `call` `count` times back to back, adding to `timings`."""
         clock = time.perf_counter
-        with _client_gc_paused():
+        with collector_paused():  # the client's own GC must not add to the latencies
             started = clock()
             for _ in range(count):
                 before = clock()
@@ -113,18 +112,6 @@ class SerialClient:
                     continue
                 timings.latencies_s.append(clock() - before)
             timings.wall_s += clock() - started
-
-
-@contextmanager
-def _client_gc_paused() -> Iterator[None]:
-    """The client's own garbage collector must not add pauses to the server's latencies."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def measure_serial(

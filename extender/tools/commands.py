@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from extender.errors import ExtenderError
+from extender.heap import collector_paused
 from extender.tools.audit import DEFAULT_EPHEMERAL_RANGE, audit, parse_ephemeral_range
 from extender.tools.check import check_manifests
 from extender.tools.manifests import read_manifests
@@ -110,13 +110,8 @@ def _without_gc() -> Iterator[None]:
     bench/tools_scale.py: 4.3 s -> 2.5 s). A command is one-shot, so nothing is lost; the GC is
     back on afterwards for whoever called it in-process (tests).
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _one_shot(run: Run) -> Run:
