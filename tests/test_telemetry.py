@@ -11,12 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import generate_latest
 
 from extender.app import create_app
 from extender.binding import SnapshotBinder
 from extender.cluster import Cluster
-from extender.metrics import new_metrics
+from extender.metrics import Metrics, new_metrics
 from extender.ops import create_ops_app
 from extender.readiness import AlwaysReady
 from extender.settings import Settings
@@ -76,19 +77,24 @@ def test_live_conflicts_count_colliding_pod_claims_per_node() -> None:
     }
 
 
-async def test_filter_rejections_are_counted_by_claim_kind(
-    aiohttp_client: Any,
-) -> None:
-    """A filter call rejecting nodes increments filter_rejections_total per claim kind."""
-    metrics = new_metrics()
+def sample_app(metrics: Metrics) -> web.Application:
+    """The extender over the sample cluster, with `metrics`."""
     cluster = sample_cluster()
-    app = create_app(
+    return create_app(
         cluster,
         Settings(),
         binder=SnapshotBinder(cluster),
         readiness=AlwaysReady(),
         metrics=metrics,
     )
+
+
+async def test_filter_rejections_are_counted_by_claim_kind(
+    aiohttp_client: Any,
+) -> None:
+    """A filter call rejecting nodes increments filter_rejections_total per claim kind."""
+    metrics = new_metrics()
+    app = sample_app(metrics)
     client = await aiohttp_client(app)
     response = await client.post("/filter", data=FILTER_REQUEST.read_bytes())
     answer = await response.json()
@@ -107,14 +113,7 @@ async def test_filter_rejections_are_counted_by_claim_kind(
 async def test_errors_are_timed_with_the_status_actually_sent(aiohttp_client: Any) -> None:
     """A body the wire decoder rejects is timed as the 400 sent, not as an exception."""
     metrics = new_metrics()
-    cluster = sample_cluster()
-    app = create_app(
-        cluster,
-        Settings(),
-        binder=SnapshotBinder(cluster),
-        readiness=AlwaysReady(),
-        metrics=metrics,
-    )
+    app = sample_app(metrics)
     client = await aiohttp_client(app)
     response = await client.post("/filter", data=b"{")
     assert response.status == 400
@@ -188,14 +187,7 @@ async def test_serve_with_client_certs_and_an_ops_port(pki: PKI) -> None:
 async def test_unparsable_listen_annotation_counts_every_node(aiohttp_client: Any) -> None:
     """A pod with a bad listen annotation is rejected everywhere, counted as bad-annotation."""
     metrics = new_metrics()
-    cluster = sample_cluster()
-    app = create_app(
-        cluster,
-        Settings(),
-        binder=SnapshotBinder(cluster),
-        readiness=AlwaysReady(),
-        metrics=metrics,
-    )
+    app = sample_app(metrics)
     client = await aiohttp_client(app)
     pod = {
         "metadata": {
