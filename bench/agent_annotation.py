@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import time
 
-from extender.agent import DEFAULT_MAX_ANNOTATION_BYTES, encode_observed
-from extender.procnet import Listener
+from extender.agent.command import DEFAULT_MAX_ANNOTATION_BYTES, encode_observed
+from extender.agent.procnet import Listener
 
 COUNT = 5000
 LIMIT = 256 * 1024  # all annotations of one object together (apimachinery ValidateAnnotations)

@@ -17,8 +17,8 @@ import uuid
 from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-from extender.conntrack import ConntrackFlusher
-from extender.procnet import Listener
+from extender.agent.conntrack import ConntrackFlusher
+from extender.agent.procnet import Listener
 
 
 def _tuple(src: str, sport: int, dst: str, dport: int) -> NFCTAttrTuple:

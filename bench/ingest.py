@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import orjson
 
 from bench.generate import ClusterSpec, RawObject, generate_node, generate_pods_for_node
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
 from extender.heap import loading
 from extender.settings import Settings
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from extender.cluster import Cluster
-from extender.informer import PODS
-from extender.kubeauth import load_connection
-from extender.live import Live
+from extender.core.cluster import Cluster
+from extender.kube.informer import PODS
+from extender.kube.kubeauth import load_connection
+from extender.server.live import Live
 from extender.settings import Settings
 from tests.fakeapi import FakeApiServer, Pki
 

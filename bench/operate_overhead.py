@@ -21,15 +21,16 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from extender import certs, tls
-from extender.app import create_app
-from extender.binding import SnapshotBinder
-from extender.cluster import Cluster
-from extender.metrics import Metrics, new_metrics
-from extender.readiness import AlwaysReady
+from extender.core.cluster import Cluster
+from extender.kube.snapshot import load_objects
+from extender.server import tls
+from extender.server.app import create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.metrics import Metrics, new_metrics
+from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
-from extender.snapshot import load_objects
-from extender.webhook import RoutingPolicy, create_webhook_app
+from extender.webhook import certs
+from extender.webhook.app import RoutingPolicy, create_webhook_app
 
 ROOT = Path(__file__).resolve().parent.parent
 FILTER_BODY = (ROOT / "config/samples/filter-pod-identity-agent.json").read_bytes()

@@ -1,6 +1,6 @@
 """Our server, as `hostport-extender serve --snapshot` builds it, with the serving phase profiled.
 
-Keep `main` in step with extender/serve.py `run` (snapshot load, heap freeze, metrics), or the
+Keep `main` in step with `extender.server.serve.run` (snapshot load, heap freeze, metrics), or the
 profile describes a server nobody runs.
 
 `python -m bench.run --profile` starts this instead of the `hostport-extender` script. Loading the
@@ -22,11 +22,11 @@ from typing import Any
 
 from pyinstrument import Profiler
 
-from extender.app import create_app
-from extender.binding import SnapshotBinder
-from extender.metrics import new_metrics
-from extender.readiness import AlwaysReady
-from extender.serve import load_snapshot_cluster, serve_app
+from extender.server.app import create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.metrics import new_metrics
+from extender.server.readiness import AlwaysReady
+from extender.server.serve import load_snapshot_cluster, serve_app
 from extender.settings import Settings
 
 

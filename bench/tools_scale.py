@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 
 from extender.cli import main
+from extender.kube.snapshot import load_objects
 from extender.settings import Settings
-from extender.snapshot import load_objects
 from extender.tools.audit import audit
 from extender.tools.check import check_manifests
 from extender.tools.manifests import read_manifests

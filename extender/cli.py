@@ -8,9 +8,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from extender import __version__, agent, certs_cli, serve, webhook_cli
+from extender import __version__
+from extender.agent import command as agent
 from extender.errors import ExtenderError
+from extender.server import serve
 from extender.tools import commands as tools
+from extender.webhook import certs_command as certs_cli
+from extender.webhook import command as webhook_cli
 
 COMMANDS: tuple[ModuleType, ...] = (serve, webhook_cli, certs_cli, agent, tools)
 

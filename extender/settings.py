@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from extender.core.portspec import parse_port_specs
 from extender.errors import ExtenderError, PortSpecError
-from extender.portspec import parse_port_specs
 
 DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
 """5,000 full Node objects of ~20 KiB each, with room to spare."""

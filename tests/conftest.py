@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from extender.app import create_app
-from extender.binding import Binder, SnapshotBinder
-from extender.cluster import Cluster
-from extender.readiness import AlwaysReady, Readiness
+from extender.core.cluster import Cluster
+from extender.server.app import create_app
+from extender.server.binding import Binder, SnapshotBinder
+from extender.server.readiness import AlwaysReady, Readiness
 from extender.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ server would be lenient or vague, the fake is strict (see ../shared/protocol.md 
 - WATCH streams newline-delimited JSON in chunks, ADDED/MODIFIED/DELETED/BOOKMARK/ERROR, honours
   `timeoutSeconds` and `allowWatchBookmarks`, turns selector transitions into ADDED/DELETED;
 - `pods/binding` with the UID precondition; merge-patch of node metadata; bearer tokens and
-  client certificates (a CA of its own, from extender.certs), both checked.
+  client certificates (a CA of its own, from extender.webhook.certs), both checked.
 
 Tests drive it through plain methods: `put`/`remove` objects, `rotate_token`, `break_streams`,
 `expire_watches`, `compact`, `expire_continue_tokens`, `inject_error`, `inject_garbage`,
@@ -34,7 +34,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from extender import certs
+from extender.webhook import certs
 
 RawObject = dict[str, Any]
 
@@ -194,7 +194,7 @@ class RecordedRequest:
 
 @dataclass(frozen=True, slots=True)
 class Pki:
-    """A throwaway CA with a server certificate for 127.0.0.1/localhost (extender.certs)."""
+    """A throwaway CA with a server certificate for 127.0.0.1/localhost (extender.webhook.certs)."""
 
     directory: Path
     authority: certs.Authority

@@ -6,7 +6,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from extender import certs
+from extender.webhook import certs
 
 SERVICE_NAME = "hostport-extender-webhook.hostport-system.svc"
 

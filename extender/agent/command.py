@@ -1,7 +1,7 @@
 """`hostport-extender agent`: report the ports really held on a node, as a node annotation.
 
 Runs on every node in the host's network namespace (a hostNetwork DaemonSet), reads the kernel's
-socket tables (extender/procnet.py does the parsing) and publishes the listeners as
+socket tables (extender/agent/procnet.py does the parsing) and publishes the listeners as
 `hostports.dev/observed` in the `PORT[-END][/PROTO][@IP]` syntax, with `hostports.dev/observed-at`.
 The extender turns those into node-level claims; this module never decides about scheduling.
 The API server is reached only through a `NodePatcher`, so publishing can be tested alone.
@@ -26,10 +26,7 @@ from urllib.parse import quote
 
 import orjson
 
-from extender.errors import ExtenderError
-from extender.pods import OBSERVED_ANNOTATION, OBSERVED_AT_ANNOTATION
-from extender.portspec import PortSpec, format_port_specs, merge_port_specs
-from extender.procnet import (
+from extender.agent.procnet import (
     Listener,
     ProcNetError,
     parse_inet_table,
@@ -37,9 +34,12 @@ from extender.procnet import (
     parse_sctp_eps,
     select_listeners,
 )
+from extender.core.pods import OBSERVED_ANNOTATION, OBSERVED_AT_ANNOTATION
+from extender.core.portspec import PortSpec, format_port_specs, merge_port_specs
+from extender.errors import ExtenderError
 
 if TYPE_CHECKING:  # the API client imports `kubernetes` (slow); --once needs neither
-    from extender.kubeapi import KubeApi
+    from extender.kube.kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def api_patcher(api: KubeApi) -> NodePatcher:
     answer that is not JSON) becomes a PublishError carrying the API's own message, so the loop
     backs off and retries instead of crashing.
     """
-    from extender.kubeapi import ApiStatusError, KubeApiError  # noqa: PLC0415 (loop mode only)
+    from extender.kube.kubeapi import ApiStatusError, KubeApiError  # noqa: PLC0415 (loop mode only)
 
     async def patch(node: str, annotations: dict[str, str]) -> None:
         raw_patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
@@ -398,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
 async def _once(args: argparse.Namespace) -> int:
     listeners = read_listeners(args.proc, include_ephemeral_udp=args.include_ephemeral_udp)
     if args.flush_stale_udp_conntrack:
-        from extender.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
+        from extender.agent.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
 
         flusher = ConntrackFlusher()
         await flusher.check()
@@ -420,13 +420,13 @@ async def _serve(args: argparse.Namespace) -> int:
         max_annotation_bytes=args.max_annotation_bytes,
     )
     # Imported here so that --once never loads the `kubernetes` package.
-    from extender.kubeapi import KubeApi  # noqa: PLC0415
-    from extender.kubeauth import load_connection  # noqa: PLC0415
+    from extender.kube.kubeapi import KubeApi  # noqa: PLC0415
+    from extender.kube.kubeauth import load_connection  # noqa: PLC0415
 
     connection = load_connection(args.kubeconfig, args.context)
     hooks: list[CycleHook] = []
     if args.flush_stale_udp_conntrack:
-        from extender.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
+        from extender.agent.conntrack import ConntrackFlusher  # noqa: PLC0415 (pyroute2 is slow)
 
         flusher = ConntrackFlusher()
         await flusher.check()

@@ -40,9 +40,9 @@ from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
+from extender.agent.procnet import Listener
+from extender.core.portspec import normalize_ip
 from extender.errors import ExtenderError
-from extender.portspec import normalize_ip
-from extender.procnet import Listener
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The kernel's socket tables (`/proc/net/tcp`, `tcp6`, `udp`, `udp6`, `sctp/eps`) as listeners.
 
-Pure: text in, records out; the node agent (extender/agent.py) does the reading. A listener is
+Pure: text in, records out; the agent command (agent/command.py) does the reading. A listener is
 what takes a port away from everyone else on the node: a TCP socket in LISTEN, a UDP socket that
 is bound but not connected (a connected UDP socket is a client), an SCTP endpoint that listens.
-Imports only extender.portspec and extender.errors.
+Imports only extender.core.portspec and extender.errors.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from extender.core.portspec import normalize_ip
 from extender.errors import ExtenderError
-from extender.portspec import normalize_ip
 
 TCP_LISTEN = 0x0A
 """`st` column of a listening TCP socket (include/net/tcp_states.h: TCP_LISTEN)."""

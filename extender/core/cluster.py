@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from extender.inflight import InFlight
-from extender.pods import (
+from extender.core.inflight import InFlight
+from extender.core.pods import (
     NodePorts,
     PodPorts,
     cluster_reserved_claims,
@@ -27,10 +27,10 @@ from extender.pods import (
     pod_uid,
     reserved_owner,
 )
-from extender.ports import Claim, ClaimKind, PortIndex
-from extender.portspec import parse_port_specs
+from extender.core.ports import Claim, ClaimKind, PortIndex
+from extender.core.portspec import parse_port_specs
+from extender.core.sinks import RawObject
 from extender.settings import Settings
-from extender.sinks import RawObject
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,21 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import filterfalse
 
-from extender.cluster import Cluster
-from extender.inflight import Tentative
-from extender.pods import PodPorts, in_flight_owner
-from extender.ports import SPREAD_MAX_SCORE, Claim
-from extender.wire import Victims
+from extender.core.cluster import Cluster
+from extender.core.inflight import Tentative
+from extender.core.pods import PodPorts, in_flight_owner
+from extender.core.ports import SPREAD_MAX_SCORE, Claim
 
 FLAT_SCORE = 0
 """The score of every node for a pod without host-level ports: no opinion."""
+
+
+@dataclass(frozen=True, slots=True)
+class Victims:
+    """The pods the scheduler proposes to evict on one node (by UID)."""
+
+    uids: tuple[str, ...]
+    pdb_violations: int
 
 
 @dataclass(slots=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from extender.pods import PodPorts
-from extender.ports import Claim
+from extender.core.pods import PodPorts
+from extender.core.ports import Claim
 
 
 @dataclass(slots=True)

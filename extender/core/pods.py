@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from extender.errors import PortSpecError, WireError, json_type_name
-from extender.ports import Claim, ClaimKind
-from extender.portspec import (
+from extender.core.ports import Claim, ClaimKind
+from extender.core.portspec import (
     normalize_ip,
     normalize_protocol,
     parse_port_specs,
     parse_port_specs_lenient,
 )
+from extender.errors import PortSpecError, WireError, json_type_name
 
 LISTEN_ANNOTATION = "hostports.dev/listen"
 RESERVED_ANNOTATION = "hostports.dev/reserved"

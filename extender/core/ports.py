@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from extender.portspec import WILDCARD, PortSpec
+from extender.core.portspec import WILDCARD, PortSpec
 
 _T = TypeVar("_T")
 

@@ -1,6 +1,6 @@
 """What an informer feeds: the receiving side of list/watch for one resource kind.
 
-The informer (extender/informer.py) knows HTTP and the watch protocol; the cluster state knows
+The informer (extender/kube/informer.py) knows HTTP and the watch protocol; the cluster state knows
 ports. This Protocol is the only thing they share, so either side can be tested alone.
 """
 

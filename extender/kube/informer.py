@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError, RawEvent, WatchStreamError
-from extender.sinks import ObjectSink, RawObject
+from extender.core.sinks import ObjectSink, RawObject
+from extender.kube.kubeapi import ApiStatusError, KubeApi, KubeApiError, RawEvent, WatchStreamError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Paginated LIST, streaming WATCH, `pods/binding` and node metadata PATCH; bodies are raw orjson
 dicts, never `kubernetes` model objects (deserialising those is slow, protocol.md §6.4). Auth
-comes from extender/kubeauth.py: each request asks the Credentials for the current header, and a
+comes from kubeauth.py: each request asks the Credentials for the current header, and a
 401 makes it reload once and retry, so rotated tokens are picked up without a restart.
 
 Every failure is one of the KubeApiError subclasses, so callers can tell "the server said no"
@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from extender.errors import ExtenderError
-from extender.kubeauth import Connection, KubeAuthError
+from extender.kube.kubeauth import Connection, KubeAuthError
 
 RawObject = dict[str, Any]
 RawEvent = dict[str, Any]

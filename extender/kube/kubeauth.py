@@ -3,7 +3,7 @@
 The official client is used for what it does well and we must not re-implement: kubeconfig
 parsing and merging, contexts, exec credential plugins (`aws eks get-token`, ...), client
 certificates, in-cluster service-account files. Its HTTP machinery and model objects are not used:
-the result is a small `Connection` record that extender/kubeapi.py turns into aiohttp requests.
+the result is a small `Connection` record that extender/kube/kubeapi.py turns into aiohttp requests.
 
 Tokens rotate (bound service-account tokens about hourly, exec plugin tokens on expiry), so the
 record carries a `Credentials` object rather than a token. Its methods may block (an exec plugin is

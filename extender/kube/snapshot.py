@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import yaml
 
+from extender.core.sinks import RawObject
 from extender.errors import SnapshotError
-from extender.sinks import RawObject
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,24 +17,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from extender import wire
-from extender.binding import Binder
-from extender.cluster import Cluster
-from extender.decisions import (
+from extender.core.cluster import Cluster
+from extender.core.decisions import (
     FLAT_SCORE,
     FilterVerdict,
     filter_pod,
     filter_preemption,
     score_nodes,
 )
+from extender.core.pods import ListenAnnotationError, PodPorts, decode_pod
+from extender.core.ports import ClaimKind
 from extender.errors import BindError, WireError
-from extender.metrics import METRICS_KEY, Metrics
-from extender.metrics import install as install_metrics
-from extender.pods import ListenAnnotationError, PodPorts, decode_pod
-from extender.ports import ClaimKind
-from extender.readiness import Readiness
+from extender.server import wire
+from extender.server.binding import Binder
+from extender.server.debug import add_debug_routes
+from extender.server.metrics import METRICS_KEY, Metrics
+from extender.server.metrics import install as install_metrics
+from extender.server.readiness import Readiness
+from extender.server.telemetry import observe_cluster
 from extender.settings import Settings
-from extender.telemetry import observe_cluster
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,7 @@ def create_app(
     if metrics is not None:
         install_metrics(app, metrics)
         observe_cluster(metrics, cluster, readiness)
-    from extender.debug import add_debug_routes  # noqa: PLC0415 - debug.py imports our AppKeys
-
-    add_debug_routes(app)
+    add_debug_routes(app, cluster)
     app.router.add_route("*", "/{verb}", handle_unknown)
     app.cleanup_ctx.append(_upkeep)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
 
 
 class Binder(Protocol):

@@ -14,20 +14,26 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from extender.app import CLUSTER
+from extender.core.cluster import Cluster
 from extender.errors import ExtenderError, WireError
 from extender.tools.audit import DEFAULT_EPHEMERAL_RANGE, audit, parse_ephemeral_range
 from extender.tools.who import UnknownNodeError, parse_port_query, who
 
 
-def add_debug_routes(app: web.Application) -> None:
-    """Register the read-only debug views on the extender's application."""
+def add_debug_routes(app: web.Application, cluster: Cluster) -> None:
+    """Register the read-only debug views of `cluster` on the extender's application."""
+
+    async def handle_debug_node(request: web.Request) -> web.Response:
+        return debug_node(cluster, request)
+
+    async def handle_debug_conflicts(request: web.Request) -> web.Response:
+        return debug_conflicts(cluster, request)
+
     app.router.add_get("/debug/nodes/{name}", handle_debug_node)
     app.router.add_get("/debug/conflicts", handle_debug_conflicts)
 
 
-async def handle_debug_node(request: web.Request) -> web.Response:
-    cluster = request.app[CLUSTER]
+def debug_node(cluster: Cluster, request: web.Request) -> web.Response:
     port = request.query.get("port")
     try:
         query = parse_port_query(port) if port else None
@@ -39,13 +45,13 @@ async def handle_debug_node(request: web.Request) -> web.Response:
     return _json(report.as_json())
 
 
-async def handle_debug_conflicts(request: web.Request) -> web.Response:
+def debug_conflicts(cluster: Cluster, request: web.Request) -> web.Response:
     text = request.query.get("ephemeral-range")
     try:
         ephemeral = parse_ephemeral_range(text) if text else DEFAULT_EPHEMERAL_RANGE
     except ExtenderError as error:
         raise WireError(str(error)) from error
-    return _json(audit(request.app[CLUSTER], ephemeral).as_json())
+    return _json(audit(cluster, ephemeral).as_json())
 
 
 def _json(data: dict[str, Any]) -> web.Response:

@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
-from extender.app import create_app
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
 from extender.errors import BindError
 from extender.heap import loading
-from extender.informer import NODES, PODS, Informer, InformerObserver, Sleep
-from extender.kubeapi import ApiStatusError, KubeApi, KubeApiError
-from extender.kubeauth import Connection, load_connection
-from extender.metrics import Metrics
+from extender.kube.informer import NODES, PODS, Informer, InformerObserver, Sleep
+from extender.kube.kubeapi import ApiStatusError, KubeApi, KubeApiError
+from extender.kube.kubeauth import Connection, load_connection
+from extender.server.app import create_app
+from extender.server.metrics import Metrics
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def create_live_app(
 
 
 class MetricsObserver:
-    """Feeds the informers' progress into the Prometheus metrics (extender/metrics.py)."""
+    """Feeds the informers' progress into the Prometheus metrics (extender/server/metrics.py)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics

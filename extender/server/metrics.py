@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from extender.readiness import Readiness
+from extender.server.readiness import Readiness
 
 LATENCY_BUCKETS = (
     0.0001,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from extender.app import readiness_response
-from extender.metrics import Metrics, install
-from extender.readiness import Readiness
+from extender.server.app import readiness_response
+from extender.server.metrics import Metrics, install
+from extender.server.readiness import Readiness
 
 OPS_READINESS = web.AppKey("ops_readiness", Readiness)
 

@@ -13,17 +13,18 @@ from typing import Any
 
 from aiohttp import web
 
-from extender import logs, tls
-from extender.app import create_app
-from extender.binding import SnapshotBinder
-from extender.cluster import Cluster
+from extender import logs
+from extender.core.cluster import Cluster
 from extender.errors import ExtenderError
 from extender.heap import loading
-from extender.metrics import new_metrics
-from extender.ops import create_ops_app
-from extender.readiness import AlwaysReady, Readiness
+from extender.kube.snapshot import load_objects
+from extender.server import tls
+from extender.server.app import create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.metrics import new_metrics
+from extender.server.ops import create_ops_app
+from extender.server.readiness import AlwaysReady, Readiness
 from extender.settings import Settings
-from extender.snapshot import load_objects
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     readiness: Readiness
     if not args.snapshot:
         # Imported here so that snapshot mode never loads the `kubernetes` package.
-        from extender.live import create_live_app  # noqa: PLC0415
+        from extender.server.live import create_live_app  # noqa: PLC0415
 
         app, readiness, summary = create_live_app(
             settings, kubeconfig=args.kubeconfig, context=args.context, metrics=metrics

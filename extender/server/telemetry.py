@@ -6,10 +6,10 @@ O(claims), while a filter call must stay O(candidates).
 
 from __future__ import annotations
 
-from extender.cluster import Cluster
-from extender.metrics import Metrics
-from extender.ports import ClaimKind, PortIndex
-from extender.readiness import Readiness
+from extender.core.cluster import Cluster
+from extender.core.ports import ClaimKind, PortIndex
+from extender.server.metrics import Metrics
+from extender.server.readiness import Readiness
 
 POD_KINDS = frozenset({ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN})
 """Claims of running pods: the ones that can be in a live conflict."""

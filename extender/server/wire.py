@@ -14,17 +14,10 @@ from typing import Any
 
 import orjson
 
+from extender.core.decisions import Victims
 from extender.errors import WireError, json_type_name
 
 RawDict = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Victims:
-    """The pods the scheduler proposes to evict on one node (by UID)."""
-
-    uids: tuple[str, ...]
-    pdb_violations: int
 
 
 def decode_body(body: bytes) -> RawDict:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
+from extender.core.pods import PodPorts
+from extender.core.ports import Claim, ClaimKind
 from extender.errors import ExtenderError
-from extender.pods import PodPorts
-from extender.ports import Claim, ClaimKind
 from extender.tools.views import POD_KINDS, ClaimView, port_text, view_of
 
 DEFAULT_EPHEMERAL_RANGE = (32768, 60999)

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
+from extender.core.pods import TERMINAL_PHASES, PodShapeError, decode_pod
+from extender.core.portspec import format_port_specs
+from extender.core.sinks import RawObject
 from extender.errors import PortSpecError
-from extender.pods import TERMINAL_PHASES, PodShapeError, decode_pod
-from extender.portspec import format_port_specs
-from extender.sinks import RawObject
 from extender.tools.manifests import ManifestError, Manifests, Workload
 from extender.tools.placement import (
     NodeFacts,

@@ -16,8 +16,8 @@ from typing import IO, Any
 import orjson
 import yaml
 
+from extender.core.sinks import RawObject
 from extender.errors import ExtenderError
-from extender.sinks import RawObject
 
 STDIN = "-"
 

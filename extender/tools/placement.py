@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from extender.core.sinks import RawObject
 from extender.errors import ExtenderError
-from extender.sinks import RawObject
 
 BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 OPERATORS = frozenset({"In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"})

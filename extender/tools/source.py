@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
+from extender.core.pods import TERMINAL_PHASES, PodPorts, decode_pod
+from extender.core.sinks import RawObject
 from extender.errors import ExtenderError
-from extender.pods import TERMINAL_PHASES, PodPorts, decode_pod
+from extender.kube.snapshot import SnapshotObjects, load_objects
 from extender.settings import Settings
-from extender.sinks import RawObject
-from extender.snapshot import SnapshotObjects, load_objects
 
 if TYPE_CHECKING:
-    from extender.kubeapi import KubeApi
-    from extender.kubeauth import Connection
+    from extender.kube.kubeapi import KubeApi
+    from extender.kube.kubeauth import Connection
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +74,7 @@ def list_objects(args: argparse.Namespace) -> SnapshotObjects:
             raise ExtenderError("--kubeconfig and --context are for live mode: drop --snapshot")
         return load_objects(args.snapshot)
     # Imported here: the official client is slow to import and snapshot runs never need it.
-    from extender.kubeauth import load_connection  # noqa: PLC0415
+    from extender.kube.kubeauth import load_connection  # noqa: PLC0415
 
     connection = load_connection(args.kubeconfig, args.context)
     return asyncio.run(list_live(connection))
@@ -91,7 +91,7 @@ async def list_live(connection: Connection) -> SnapshotObjects:
     Pods are listed with no field selector, unlike the informer's, so that evicted pods show
     where a UDP port changed owner.
     """
-    from extender.kubeapi import KubeApi, KubeApiError  # noqa: PLC0415 (see list_objects)
+    from extender.kube.kubeapi import KubeApi, KubeApiError  # noqa: PLC0415 (see list_objects)
 
     try:
         async with KubeApi(connection) as api:
@@ -103,7 +103,7 @@ async def list_live(connection: Connection) -> SnapshotObjects:
 
 
 async def _list(api: KubeApi, path: str) -> list[RawObject]:
-    from extender.kubeapi import ApiStatusError  # noqa: PLC0415 (see list_objects)
+    from extender.kube.kubeapi import ApiStatusError  # noqa: PLC0415 (see list_objects)
 
     attempt = 1
     while True:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from extender.cluster import Cluster
-from extender.pods import in_flight_owner
-from extender.ports import Claim, ClaimKind
+from extender.core.cluster import Cluster
+from extender.core.pods import in_flight_owner
+from extender.core.ports import Claim, ClaimKind
 
 ACTIVE = "active"
 """The claim blocks the port now."""

@@ -11,10 +11,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
+from extender.core.ports import ClaimKind
+from extender.core.portspec import normalize_protocol
 from extender.errors import ExtenderError, PortSpecError
-from extender.ports import ClaimKind
-from extender.portspec import normalize_protocol
 from extender.tools.views import (
     EXPLAINED,
     STALE,

@@ -20,8 +20,8 @@ import orjson
 from aiohttp import web
 
 from extender.errors import ExtenderError
-from extender.metrics import METRICS_KEY, Metrics
-from extender.metrics import install as metrics_install
+from extender.server.metrics import METRICS_KEY, Metrics
+from extender.server.metrics import install as metrics_install
 
 log = logging.getLogger(__name__)
 

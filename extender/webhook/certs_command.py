@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import yaml
 
-from extender import certs
+from extender.webhook import certs
 
 DEFAULT_SERVICE = "hostport-extender-webhook"
 DEFAULT_NAMESPACE = "hostport-system"

@@ -15,10 +15,11 @@ import sys
 
 from aiohttp import web
 
-from extender import logs, tls
+from extender import logs
 from extender.errors import ExtenderError
-from extender.metrics import new_metrics
-from extender.webhook import (
+from extender.server import tls
+from extender.server.metrics import new_metrics
+from extender.webhook.app import (
     DEFAULT_EXCLUDED_NAMESPACES,
     ROUTED_SCHEDULER,
     SELF_LABEL,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.agent import encode_observed, listeners_json
-from extender.portspec import parse_port_specs
-from extender.procnet import Listener
+from extender.agent.command import encode_observed, listeners_json
+from extender.agent.procnet import Listener
+from extender.core.portspec import parse_port_specs
 
 
 def test_exact_text_merges_ranges() -> None:

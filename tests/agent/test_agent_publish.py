@@ -1,6 +1,6 @@
 """Publishing the observed listeners to a node, through the shared API client and the fake API.
 
-The agent patches through extender/kubeapi.py with credentials from extender/kubeauth.py, the same
+The agent patches through kube/kubeapi.py with credentials from kube/kubeauth.py, the same
 client the extender's live mode uses; tests/fakeapi.py plays the API server (node merge-patch,
 bearer tokens, its own CA, injected failures, going down).
 """
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extender.agent import (
+from extender.agent.command import (
     OBSERVED,
     OBSERVED_AT,
     LoopSettings,
@@ -29,11 +29,11 @@ from extender.agent import (
     api_patcher,
     run_loop,
 )
-from extender.cluster import Cluster
-from extender.decisions import filter_pod
-from extender.kubeapi import KubeApi
-from extender.kubeauth import load_connection
-from extender.pods import decode_pod
+from extender.core.cluster import Cluster
+from extender.core.decisions import filter_pod
+from extender.core.pods import decode_pod
+from extender.kube.kubeapi import KubeApi
+from extender.kube.kubeauth import load_connection
 from extender.settings import Settings
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.objects import node, pod, port
@@ -324,8 +324,8 @@ def test_once_does_not_load_the_api_client(tmp_path: Path) -> None:
         "import sys\n"
         "from extender.cli import main\n"
         f"code = main(['agent', '--once', '-o', 'annotation', '--proc', {str(proc)!r}])\n"
-        "loaded = sorted(m for m in ('kubernetes', 'extender.kubeapi', 'extender.kubeauth')"
-        " if m in sys.modules)\n"
+        "loaded = sorted(m for m in ('kubernetes', 'extender.kube.kubeapi',"
+        " 'extender.kube.kubeauth') if m in sys.modules)\n"
         "print(code, loaded)\n"
     )
     result = subprocess.run(

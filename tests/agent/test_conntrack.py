@@ -9,8 +9,8 @@ import pytest
 from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-from extender.conntrack import ConntrackFlusher, UdpFlow, stale_flows
-from extender.procnet import Listener
+from extender.agent.conntrack import ConntrackFlusher, UdpFlow, stale_flows
+from extender.agent.procnet import Listener
 from tests.namespaces import PYTHON, ip, network_namespace, run_in, start_in
 
 V4, V6 = socket.AF_INET, socket.AF_INET6

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extender.procnet import (
+from extender.agent.procnet import (
     Listener,
     PortRange,
     ProcNetError,

@@ -22,11 +22,11 @@ from bench.generate import (
     write_snapshot,
 )
 from bench.ingest import load
-from extender.cluster import Cluster
-from extender.pods import decode_node, decode_pod
-from extender.portspec import parse_port_specs
+from extender.core.cluster import Cluster
+from extender.core.pods import decode_node, decode_pod
+from extender.core.portspec import parse_port_specs
+from extender.kube.snapshot import load_objects
 from extender.settings import Settings
-from extender.snapshot import load_objects
 
 SPEC = ClusterSpec(nodes=200, pods_per_node=30, seed=1)
 

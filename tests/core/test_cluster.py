@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from extender.cluster import Cluster
-from extender.decisions import filter_pod
-from extender.inflight import InFlight
-from extender.pods import decode_pod, in_flight_owner
+from extender.core.cluster import Cluster
+from extender.core.decisions import filter_pod
+from extender.core.inflight import InFlight
+from extender.core.pods import decode_pod, in_flight_owner
 from extender.settings import Settings
 from tests.objects import node, pod, port
 

@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extender.errors import WireError
-from extender.pods import (
+from extender.core.pods import (
     ListenAnnotationError,
     PodShapeError,
     decode_node,
     decode_pod,
     may_hold_ports,
 )
-from extender.ports import ClaimKind
+from extender.core.ports import ClaimKind
+from extender.errors import WireError
 from tests.objects import node, pod, port
 
 

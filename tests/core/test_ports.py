@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.ports import RANGE_EXPANSION_LIMIT, Claim, ClaimKind, PortIndex
-from extender.portspec import WILDCARD
+from extender.core.ports import RANGE_EXPANSION_LIMIT, Claim, ClaimKind, PortIndex
+from extender.core.portspec import WILDCARD
 
 
 def claim(

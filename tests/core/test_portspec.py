@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extender.errors import PortSpecError
-from extender.portspec import (
+from extender.core.portspec import (
     WILDCARD,
     PortSpec,
     format_port_specs,
@@ -19,6 +18,7 @@ from extender.portspec import (
     parse_port_specs,
     parse_port_specs_lenient,
 )
+from extender.errors import PortSpecError
 
 
 @pytest.mark.parametrize(

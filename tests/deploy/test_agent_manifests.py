@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_deploy_manifests import render, schema_errors
+from tests.deploy.test_deploy_manifests import render, schema_errors
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "agent"
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "agent"
 
 
 def _objects(name: str) -> list[Any]:

@@ -25,20 +25,20 @@ from celpy.adapter import json_to_cel
 from prometheus_client import generate_latest
 
 from extender import cli
-from extender.app import VERBS, create_app
-from extender.binding import SnapshotBinder
-from extender.cluster import Cluster
-from extender.metrics import new_metrics
-from extender.pods import decode_node
-from extender.portspec import parse_port_specs
-from extender.readiness import AlwaysReady
+from extender.core.cluster import Cluster
+from extender.core.pods import decode_node
+from extender.core.portspec import parse_port_specs
+from extender.server.app import VERBS, create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.metrics import new_metrics
+from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
-from extender.webhook import DEFAULT_EXCLUDED_NAMESPACES, ROUTED, ROUTED_SCHEDULER, SELF_LABEL
-from extender.webhook import route_decision as webhook_decision
-from extender.webhook_cli import policy_from_args
-from tests.test_webhook import CASES
+from extender.webhook.app import DEFAULT_EXCLUDED_NAMESPACES, ROUTED, ROUTED_SCHEDULER, SELF_LABEL
+from extender.webhook.app import route_decision as webhook_decision
+from extender.webhook.command import policy_from_args
+from tests.webhook.test_webhook import CASES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
 OVERLAYS = ("default", "kubeadm", "cert-manager", "monitoring")
 NAMESPACE = "hostport-system"

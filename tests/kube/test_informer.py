@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from extender.informer import NODES, PODS, Backoff, Informer
-from extender.kubeapi import KubeApi
-from extender.kubeauth import load_connection
+from extender.kube.informer import NODES, PODS, Backoff, Informer
+from extender.kube.kubeapi import KubeApi
+from extender.kube.kubeauth import load_connection
 from tests.fakeapi import FakeApiServer, RecordingSink, eventually, versions
 
 SELECTOR = PODS.field_selector

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from extender.kubeapi import (
+from extender.kube.kubeapi import (
     ApiStatusError,
     ApiUnreachableError,
     KubeApi,
@@ -15,7 +15,7 @@ from extender.kubeapi import (
     WatchStream,
     WatchStreamError,
 )
-from extender.kubeauth import load_connection
+from extender.kube.kubeauth import load_connection
 from tests.fakeapi import FakeApiServer
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from extender.kubeapi import ApiStatusError, KubeApi
-from extender.kubeauth import Connection, KubeAuthError, load_connection
+from extender.kube.kubeapi import ApiStatusError, KubeApi
+from extender.kube.kubeauth import Connection, KubeAuthError, load_connection
 from tests.fakeapi import FakeApiServer, Pki
 
 EXEC_PLUGIN = """\

@@ -15,12 +15,12 @@ import aiohttp
 import orjson
 import pytest
 
-from extender.app import create_app
-from extender.cluster import Cluster
-from extender.informer import HEALTHY_WATCH_SECONDS, PODS
-from extender.kubeauth import load_connection
-from extender.live import Live, create_live_app
-from extender.metrics import new_metrics
+from extender.core.cluster import Cluster
+from extender.kube.informer import HEALTHY_WATCH_SECONDS, PODS
+from extender.kube.kubeauth import load_connection
+from extender.server.app import create_app
+from extender.server.live import Live, create_live_app
+from extender.server.metrics import new_metrics
 from extender.settings import Settings
 from tests.conftest import REPO, ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually

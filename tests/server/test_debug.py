@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from extender.cli import main
-from extender.snapshot import load_objects
+from extender.kube.snapshot import load_objects
 from tests.conftest import REPO, ExtenderClient, MakeExtender
 from tests.objects import filter_args, node, pod, port
 

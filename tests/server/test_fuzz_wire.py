@@ -18,10 +18,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extender.app import create_app
-from extender.binding import SnapshotBinder
-from extender.cluster import Cluster
-from extender.readiness import AlwaysReady
+from extender.core.cluster import Cluster
+from extender.server.app import create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
 from tests.conftest import PAYLOADS
 from tests.objects import node, pod, port

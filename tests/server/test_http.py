@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from extender.errors import BindError
-from extender.readiness import Readiness
+from extender.server.readiness import Readiness
 from tests.conftest import ExtenderClient, MakeExtender
 from tests.objects import filter_args, node, pod, port
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extender import logs
-from extender.metrics import LATENCY_BUCKETS, Metrics, install, new_metrics
+from extender.server.metrics import LATENCY_BUCKETS, Metrics, install, new_metrics
 
 
 async def _ok(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from extender.cli import main
-from extender.snapshot import load_objects
+from extender.kube.snapshot import load_objects
 from tests.conftest import REPO, start_command
 
 SAMPLE = REPO / "config" / "samples" / "cluster.yaml"

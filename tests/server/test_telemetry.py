@@ -14,19 +14,19 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from extender.app import create_app
-from extender.binding import SnapshotBinder
-from extender.cluster import Cluster
-from extender.metrics import Metrics, new_metrics
-from extender.ops import create_ops_app
-from extender.readiness import AlwaysReady
+from extender.core.cluster import Cluster
+from extender.kube.snapshot import load_objects
+from extender.server.app import create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.metrics import Metrics, new_metrics
+from extender.server.ops import create_ops_app
+from extender.server.readiness import AlwaysReady
+from extender.server.telemetry import live_conflicts
 from extender.settings import Settings
-from extender.snapshot import load_objects
-from extender.telemetry import live_conflicts
 from tests.conftest import start_command
 from tests.pki import PKI, make_pki
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "config/samples/cluster.yaml"
 FILTER_REQUEST = ROOT / "config/samples/filter-pod-identity-agent.json"
 

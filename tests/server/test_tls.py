@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from cryptography import x509
 
-from extender import tls
+from extender.server import tls
 from tests.pki import PKI, SERVICE_NAME, make_pki, make_pki_server_cert
 
 BIND_CALLS = web.AppKey("bind_calls", list[str])

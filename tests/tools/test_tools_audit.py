@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.cli import main
-from extender.cluster import Cluster
-from extender.ports import Claim, ClaimKind
+from extender.core.cluster import Cluster
+from extender.core.ports import Claim, ClaimKind
+from extender.kube.snapshot import SnapshotObjects
 from extender.settings import Settings
-from extender.snapshot import SnapshotObjects
 from extender.tools.audit import EPHEMERAL_PORT, UDP_OWNER_SWITCH, AuditReport, audit
 from extender.tools.source import build
 from tests.conftest import REPO

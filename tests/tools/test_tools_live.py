@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from extender.app import create_app
 from extender.cli import main
-from extender.cluster import Cluster
+from extender.core.cluster import Cluster
 from extender.errors import ExtenderError
-from extender.kubeauth import load_connection
-from extender.live import Live
+from extender.kube.kubeauth import load_connection
+from extender.kube.snapshot import load_objects
+from extender.server.app import create_app
+from extender.server.live import Live
 from extender.settings import Settings
-from extender.snapshot import load_objects
 from extender.tools.source import list_live
 from tests.conftest import REPO
 from tests.fakeapi import FakeApiServer, Pki, eventually

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from extender.cli import main
+from extender.core.pods import decode_pod
 from extender.errors import PortSpecError
-from extender.pods import decode_pod
+from extender.kube.snapshot import SnapshotObjects
 from extender.settings import Settings
-from extender.snapshot import SnapshotObjects
 from extender.tools.source import build
 from extender.tools.who import PortQuery, parse_port_query, who
 from tests.conftest import REPO

@@ -14,7 +14,8 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from extender import certs_cli, tls
+from extender.server import tls
+from extender.webhook import certs_command as certs_cli
 
 
 def run_certs(*argv: str) -> int:

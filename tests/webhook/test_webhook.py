@@ -15,9 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from extender import tls, webhook_cli
-from extender.metrics import new_metrics
-from extender.webhook import (
+from extender.server import tls
+from extender.server.metrics import new_metrics
+from extender.webhook import command as webhook_cli
+from extender.webhook.app import (
     ALREADY_ROUTED,
     EXCLUDED_NAMESPACE,
     EXTENDER_POD,
