@@ -109,7 +109,11 @@ def complete(words: Sequence[str]) -> tuple[list[str], int]:
             if flag.startswith("--") and flag.startswith(word)
         ]
         return flags, NO_FILES
-    if before[0] == "who" and not _positionals(before[1:], options):
+    positionals, taking = _scan(before[1:], options)
+    if taking is not None:
+        # `--snapshot a b <TAB>` and `-f a <TAB>`: argparse takes more values for the list.
+        return _values(taking, before, word)
+    if before[0] == "who" and not positionals:
         return [n for n in _node_names(before[1:]) if n.startswith(word)], NO_FILES
     return [], NO_FILES
 
@@ -141,19 +145,29 @@ def _values(action: argparse.Action, before: Sequence[str], word: str) -> tuple[
     return [], NO_FILES
 
 
-def _positionals(words: Sequence[str], options: dict[str, argparse.Action]) -> list[str]:
-    """The positional arguments among `words` (option values skipped)."""
+def _scan(
+    words: Sequence[str], options: dict[str, argparse.Action]
+) -> tuple[list[str], argparse.Action | None]:
+    """The positional arguments among `words`, and the option taking a list (nargs + or *, given
+    as `--opt v1 v2`) whose values `words` end in, if any. As argparse reads them, a word after
+    such a list is one more value: `who --snapshot FILE NODE` needs `--snapshot=FILE`."""
     found: list[str] = []
+    taking: argparse.Action | None = None
     skip = False
     for word in words:
-        if skip:
-            skip = False
-        elif word.startswith("-"):
+        if word.startswith("-"):
             action = options.get(word.split("=", 1)[0])
-            skip = action is not None and action.nargs != 0 and "=" not in word
-        else:
+            taking, skip = None, False
+            if action is not None and action.nargs != 0 and "=" not in word:
+                if action.nargs in ("+", "*"):
+                    taking = action
+                else:
+                    skip = True
+        elif skip:
+            skip = False
+        elif taking is None:
             found.append(word)
-    return found
+    return found, taking
 
 
 def _option_value(words: Sequence[str], *flags: str) -> list[str]:

@@ -183,6 +183,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         found = re.search(r"on http://(127\.0\.0\.1:\d+)", extender.stdout.readline())
         assert found is not None
         write_rules(directory, rule_groups())
+        # Prometheus hands discovered targets to its scrapers every 5 s (fixed in 2.42), so
+        # the first scrape comes about 5 s after it is ready, whatever the interval.
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [RULES_NAME],

@@ -252,10 +252,15 @@ def test_completion_of_subcommands_flags_and_values(tmp_path: Path) -> None:
 
 
 def test_completion_of_node_names_from_a_dump() -> None:
-    """`who <TAB>` offers the nodes of the --snapshot given, filtered by what is typed."""
-    assert completions("who", "--snapshot", SAMPLE, "") == (NODES, ":4")
-    assert completions("who", "--snapshot", SAMPLE, "ip-10-0-1-13") == ([NODES[2]], ":4")
-    assert completions("who", "--snapshot", SAMPLE, NODES[2], "") == ([], ":4")
+    """`who --snapshot=FILE <TAB>` offers the dump's nodes, filtered by what is typed; after
+    `--snapshot FILE` argparse would take another file, so file names are offered instead."""
+    assert completions("who", f"--snapshot={SAMPLE}", "") == (NODES, ":4")
+    assert completions("who", f"--snapshot={SAMPLE}", "ip-10-0-1-13") == ([NODES[2]], ":4")
+    assert completions("who", f"--snapshot={SAMPLE}", NODES[2], "") == ([], ":4")
+    assert completions("who", "--snapshot", SAMPLE, "") == ([], ":0")
+    assert completions("who", NODES[2], "-o", "json", "") == ([], ":4")
+    result = kubectl("hostports", "who", f"--snapshot={SAMPLE}", NODES[2], "-o", "json")
+    assert json.loads(result.stdout)["node"] == NODES[2]
 
 
 async def test_completion_of_node_names_from_the_cluster(
