@@ -311,7 +311,12 @@ def test_every_dashboard_query_runs_in_prometheus(scraped: Scraped) -> None:
     post_filter(scraped.extender)
     with urllib.request.urlopen(f"{scraped.extender}/metrics", timeout=5) as response:
         exported = sample_names(response.read().decode())
-    until(lambda: scraped.query('hostport_extender_index_nodes{pod="extender-e2e"}'))
+    # Two scrapes at least, so that rates have their two samples.
+    until(
+        lambda: scraped.query(
+            'count_over_time(hostport_extender_index_nodes{pod="extender-e2e"}[1m]) >= 2'
+        )
+    )
     for expr in dashboard_queries():
         result = scraped.query(expr.replace("$__rate_interval", "1m"))
         if used_metrics(expr) <= exported:
