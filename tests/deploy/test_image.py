@@ -185,3 +185,24 @@ def test_installed_wheel_runs_every_command(wheel: Path, tmp_path: Path) -> None
         check=True,
     )
     assert where.stdout.startswith(str(target))
+
+
+@pytest.mark.parametrize("script", ["system-deps", "image-build", "podman-env"])
+def test_image_scripts_are_valid_bash(script: str) -> None:
+    """The scripts `make image` runs parse (`make test` does not build the image itself)."""
+    result = subprocess.run(
+        ["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_system_deps_rejects_an_unknown_group() -> None:
+    """`scripts/system-deps GROUP` knows `test` and `image`; anything else is a usage error."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "system-deps"), "nonsense"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "usage: scripts/system-deps [test|image]\n"
