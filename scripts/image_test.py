@@ -14,7 +14,8 @@ nothing listens outside them. Checks, in order:
   Service's DNS name; its /metrics counts the decision.
 
 Prints the figures: image size, start to ready (median of 3 starts of `serve`, from `podman run`
-to the line printed once both ports listen), the webhook's start to ready.
+to the line printed once both ports listen) against the same `serve` started outside a container
+in the same run (median of 3), the webhook's start to ready.
 Environment: IMAGE (default localhost/hostport-extender:VERSION), CACHE (as scripts/image-build).
 """
 
@@ -228,6 +229,24 @@ def start_to_ready() -> float:
         stop(name, process)
 
 
+def native_start_to_ready() -> float:
+    """The baseline: the same `serve` started outside a container, from the checkout's venv."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extender", "serve", "--snapshot=config/samples/cluster.yaml",
+         "--listen=127.0.0.1:0", "--ops-listen=127.0.0.1:0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        wait_for_line(process.stdout, r"health, readiness and metrics on")
+        return time.monotonic() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_webhook() -> float:
     """`certs` then `webhook` with those certs; returns the webhook's start-to-ready seconds."""
     directory = Path(tempfile.mkdtemp(prefix="hostport-image-test-"))
@@ -343,13 +362,16 @@ def main() -> int:
         first = test_serve()
         webhook_ready = test_webhook()
         timings = [first, start_to_ready(), start_to_ready()]
+        native = [native_start_to_ready() for _ in range(3)]
     except (AssertionError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or ""
         print(f"image-test: FAILED: {error} {detail}".rstrip(), file=sys.stderr)
         return 1
     print(
         f"image-test: passed; image {size / 1e6:.0f} MB; serve start to ready "
-        f"{statistics.median(timings):.2f} s (median of {', '.join(f'{t:.2f}' for t in timings)}); "
+        f"{statistics.median(timings):.2f} s (median of {', '.join(f'{t:.2f}' for t in timings)}; "
+        f"outside a container {statistics.median(native):.2f} s, ratio "
+        f"{statistics.median(timings) / statistics.median(native):.1f}); "
         f"webhook start to ready {webhook_ready:.2f} s"
     )
     return 0
