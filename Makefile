@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constra
 HOST   ?= 127.0.0.1
 PORT   ?= 8888
 
-.PHONY: run test lint typecheck unit system-deps bench bench-quick clean
+.PHONY: run test lint typecheck unit system-deps bench bench-quick clean image image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,15 @@ bench: $(VENV)/.installed-bench
 
 bench-quick: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run --quick --docs docs/bench
+
+# The container image with podman (README, "Build and run the image"): `make image` builds it
+# (a Debian-made base when the official one cannot be pulled; cache in ~/.cache/hostport-extender),
+# `make image-test` runs it as Kubernetes would. Not part of `make test`.
+IMAGE ?= localhost/hostport-extender:0.1.0
+
+image: $(VENV)/.installed
+	@scripts/system-deps image
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python scripts/image-build
+
+image-test: image
+	IMAGE=$(IMAGE) $(BIN)/python scripts/image_test.py

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 from kubernetes.client import Configuration
-from kubernetes.config import load_kube_config
+from kubernetes.config import list_kube_config_contexts, load_kube_config
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import (
     SERVICE_CERT_FILENAME,
@@ -155,3 +155,31 @@ def _connection(load: Callable[[], Configuration], source: str) -> Connection:
         source=source,
         credentials=credentials,
     )
+
+
+def context_namespace(
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The namespace the kubeconfig's context names (kubectl's default for `-n`), if any.
+
+    Same file lookup as `load_connection` (`KUBECONFIG` may list several files; the official
+    client merges them); None when there is no kubeconfig or the context names no namespace.
+    """
+    env = os.environ if environ is None else environ
+    path = kubeconfig or env.get("KUBECONFIG") or os.path.expanduser(DEFAULT_KUBECONFIG)
+    if not any(os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
+        return None
+    try:
+        contexts, active = list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise KubeAuthError(f"kubeconfig {path}: {e}") from e
+    chosen = (
+        active if context is None else next((c for c in contexts if c["name"] == context), None)
+    )
+    if chosen is None:
+        raise KubeAuthError(f"kubeconfig {path}: no context named {context!r}")
+    namespace = (chosen.get("context") or {}).get("namespace")
+    return namespace if isinstance(namespace, str) and namespace else None

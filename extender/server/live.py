@@ -179,6 +179,9 @@ class MetricsObserver:
         self._metrics.informer_event(resource)
 
     def listed(self, resource: str) -> None:
+        # A complete list is news too (the informer resets its own age here): without this the
+        # age gauge is missing until the first watch event, and a relist does not reset it.
+        self._metrics.informer_event(resource)
         self._metrics.relists.labels(resource=resource).inc()
 
     def watch_restarted(self, resource: str) -> None:

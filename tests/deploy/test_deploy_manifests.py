@@ -22,7 +22,6 @@ import kubernetes.client
 import pytest
 import yaml
 from celpy.adapter import json_to_cel
-from prometheus_client import generate_latest
 
 from extender import cli
 from extender.core.cluster import Cluster
@@ -30,7 +29,6 @@ from extender.core.pods import decode_node
 from extender.core.portspec import parse_port_specs
 from extender.server.app import VERBS, create_app
 from extender.server.binding import SnapshotBinder
-from extender.server.metrics import new_metrics
 from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.webhook.app import DEFAULT_EXCLUDED_NAMESPACES, ROUTED, ROUTED_SCHEDULER, SELF_LABEL
@@ -516,54 +514,19 @@ def test_kubeadm_overlay_runs_beside_the_default_scheduler(
     assert "Trade-offs" in readme
 
 
-def exported_metric_names() -> set[str]:
-    """Every sample name a fully wired extender exports, as Prometheus would see them."""
-    metrics = new_metrics()
-    metrics.observe_index(lambda: (1, 1))
-    metrics.observe_readiness(AlwaysReady())
-    metrics.observe_conflicts(lambda: {"n1": 1})
-    metrics.observe_in_flight(lambda: 0)
-    metrics.informer_event("pods")
-    metrics.request_seconds.labels(verb="filter", code="200").observe(0.001)
-    metrics.rejections.labels(reason="hostPort").inc()
-    metrics.relists.labels(resource="pods").inc()
-    metrics.watch_restarts.labels(resource="pods").inc()
-    metrics.admission_reviews.labels(decision="routed").inc()
-    text = generate_latest(metrics.registry).decode()
-    return {
-        line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")
-    }
-
-
-def queries(rendered: dict[str, list[RawObject]]) -> Iterator[str]:
-    rule = find(rendered["monitoring"], "PrometheusRule")
-    for group in rule["spec"]["groups"]:
-        for item in group["rules"]:
-            yield item["expr"]
-    dashboard = json.loads((CONFIG / "monitoring/hostport-extender-dashboard.json").read_text())
-    for panel in dashboard["panels"]:
-        for target in panel["targets"]:
-            yield target["expr"]
-
-
-def test_alerts_and_dashboard_query_metrics_that_exist(
+def test_alerts_and_dashboard_render(
     rendered: dict[str, list[RawObject]],
 ) -> None:
-    """The alerts the issue asks for exist, and every metric they or the dashboard use is real."""
+    """The alerts the issue asks for exist and the dashboard ships in its ConfigMap (the metrics
+    they query are checked against running servers in tests/deploy/test_monitoring.py)."""
     rule = find(rendered["monitoring"], "PrometheusRule")
-    alerts = {item["alert"] for group in rule["spec"]["groups"] for item in group["rules"]}
+    alerts = {item.get("alert") for group in rule["spec"]["groups"] for item in group["rules"]}
     assert {
         "HostportExtenderNotReady",
         "HostportExtenderFilterLatencyHigh",
         "HostportExtenderWatchStale",
         "HostportNodePortConflict",
     } <= alerts
-    exported = exported_metric_names()
-    used = {
-        name for expr in queries(rendered) for name in re.findall(r"hostport_extender_\w+", expr)
-    }
-    assert used, "no query uses the extender's metrics"
-    assert used <= exported, used - exported
     dashboard = json.loads((CONFIG / "monitoring/hostport-extender-dashboard.json").read_text())
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))

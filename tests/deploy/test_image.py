@@ -1,7 +1,8 @@
 """The container image: the Dockerfile's properties, and the package it installs really works.
 
-There is no container engine here, so the Dockerfile is checked as text, and what its build
-stage does (build our wheel, install it) is done for real outside a container.
+`make image-test` (scripts/image_test.py) builds and runs the real image with podman; it takes
+a minute or two cold, so `make test` checks the Dockerfile as text here, and does what its build
+stage does (build our wheel, install it) for real outside a container.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def stages() -> list[list[Instruction]]:
 def test_base_image_is_slim_python_311_pinned_by_tag() -> None:
     """Both stages use one slim Python 3.11 image pinned to a patch release, never :latest."""
     header = instructions((ROOT / "Dockerfile").read_text())
-    (arg,) = [i for i in header if i.keyword == "ARG"]
+    (arg,) = [i for i in header[: header.index(stages()[0][0])] if i.keyword == "ARG"]
     name, _, default = arg.arguments.partition("=")
     assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", default), default
     froms = [stage[0].arguments.split()[0] for stage in stages()]
@@ -103,7 +104,13 @@ def test_dockerignore_keeps_the_context_to_what_is_copied() -> None:
     patterns = [line for line in lines if line and not line.startswith("#")]
     assert patterns[0] == "*"
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "extender"}
+    assert allowed == {
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        "extender",
+        "config/samples",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +185,24 @@ def test_installed_wheel_runs_every_command(wheel: Path, tmp_path: Path) -> None
         check=True,
     )
     assert where.stdout.startswith(str(target))
+
+
+@pytest.mark.parametrize("script", ["system-deps", "image-build", "podman-env"])
+def test_image_scripts_are_valid_bash(script: str) -> None:
+    """The scripts `make image` runs parse (`make test` does not build the image itself)."""
+    result = subprocess.run(
+        ["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_system_deps_rejects_an_unknown_group() -> None:
+    """`scripts/system-deps GROUP` knows `test` and `image`; anything else is a usage error."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "system-deps"), "nonsense"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "usage: scripts/system-deps [test|image]\n"
