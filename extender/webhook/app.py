@@ -1,34 +1,76 @@
-"""The routing webhook: send pods that use host ports to the hostport-aware scheduler.
+"""The webhooks: route host-port pods to the hostport-aware scheduler, guard protected pods.
 
 On managed control planes the default scheduler cannot call an extender, so a second scheduler
 does, and this mutating webhook sets `spec.schedulerName` on the pods it must see (AdmissionReview
-v1, JSON patch). `route_decision` is pure and table-tested; `review_response` turns one
-AdmissionReview into its answer; `mutate` is the thin aiohttp handler. The webhook must never
-route the extender's own pods nor system namespaces: they have to start with the default
-scheduler, or the hostport-aware scheduler could never come up (the VPC CNI bootstrap story).
+v1, JSON patch), in every namespace including kube-system. Two things keep that from deadlocking
+the cluster (the VPC CNI bootstrap story): the pods the scheduler itself depends on (the CNI,
+kube-proxy, the extender's own pods) are never routed, and no pod is routed while the scheduler's
+Lease is not fresh (extender/webhook/lease.py), so a scheduler that is down sends new pods back
+to the default scheduler instead of leaving them Pending.
+
+`route_decision` is pure and table-tested; `review_response` turns one AdmissionReview into its
+answer; `mutate` is the thin aiohttp handler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from extender.errors import ExtenderError
 from extender.server.metrics import METRICS_KEY, Metrics
 from extender.server.metrics import install as metrics_install
+from extender.webhook.lease import ALIVE, NOT_ALIVE, LeaseWatch
 
 log = logging.getLogger(__name__)
 
 ROUTED_SCHEDULER = "hostport-aware-scheduler"
 DEFAULT_SCHEDULER = "default-scheduler"
 SELF_LABEL = ("app.kubernetes.io/name", "hostport-extender")
-DEFAULT_EXCLUDED_NAMESPACES = frozenset({"kube-system", "kube-node-lease", "hostport-system"})
+DEFAULT_EXCLUDED_NAMESPACES = frozenset({"hostport-system"})
+"""The extender's own namespace: the scheduler and the webhook must start without either."""
+DEFAULT_BOOTSTRAP_DAEMONSETS = frozenset(
+    {
+        "aws-node",  # EKS: the VPC CNI
+        "kube-proxy",  # EKS, AKS, kubeadm (GKE runs it as static pods: nodeName is set)
+        "calico-node",  # Calico (EKS, AKS, kubeadm)
+        "cilium",  # Cilium (EKS, AKS, kubeadm)
+        "anetd",  # GKE Dataplane V2 (Cilium)
+        "netd",  # GKE
+        "azure-cns",  # AKS: Azure CNI
+        "kube-flannel-ds",  # flannel (kubeadm)
+        "weave-net",  # Weave (kubeadm)
+        "kube-router",
+        "antrea-agent",
+        "kindnet",  # kind
+    }
+)
+"""DaemonSets (by owner name, any namespace) whose pods are never routed: the pod network and
+kube-proxy must come up before any second scheduler can."""
+DEFAULT_BOOTSTRAP_LABELS = frozenset(
+    {
+        ("k8s-app", "aws-node"),
+        ("k8s-app", "kube-proxy"),
+        ("k8s-app", "calico-node"),
+        ("k8s-app", "cilium"),
+        ("k8s-app", "netd"),
+        ("k8s-app", "azure-cns"),
+        ("k8s-app", "kube-router"),
+        ("app", "flannel"),
+        ("app", "kindnet"),
+        ("name", "weave-net"),
+    }
+)
+"""The same components by label, for pods created without an owner (or a renamed DaemonSet)."""
 
 # Every reason a review can end with; bounded, so it can label a metric.
 ROUTED = "routed"
@@ -38,6 +80,7 @@ OTHER_SCHEDULER = "other-scheduler"
 NODE_NAME_SET = "node-name-set"
 EXTENDER_POD = "extender-pod"
 EXCLUDED_NAMESPACE = "excluded-namespace"
+BOOTSTRAP_POD = "bootstrap-pod"
 NOT_A_POD_CREATE = "not-a-pod-create"
 MAX_REVIEW_BYTES = 4 * 1024 * 1024
 """A pod spec is bounded by etcd's 1.5 MiB object limit; the review wraps it (old + new object)."""
@@ -54,6 +97,8 @@ class RoutingPolicy:
     scheduler_name: str = ROUTED_SCHEDULER
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     self_label: tuple[str, str] = SELF_LABEL
+    bootstrap_daemonsets: frozenset[str] = DEFAULT_BOOTSTRAP_DAEMONSETS
+    bootstrap_labels: frozenset[tuple[str, str]] = DEFAULT_BOOTSTRAP_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +134,36 @@ def _positive(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def route_decision(raw_pod: Mapping[str, Any], namespace: str, policy: RoutingPolicy) -> Decision:
-    """Decide whether to route one pod; the order of the checks is the order of precedence."""
+def is_bootstrap_pod(raw_pod: Mapping[str, Any], policy: RoutingPolicy) -> bool:
+    """True for a pod of a bootstrap DaemonSet (by owner name) or with a bootstrap label."""
+    metadata = raw_pod.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return False
+    owners = metadata.get("ownerReferences")
+    if isinstance(owners, list):
+        for owner in owners:
+            if (
+                isinstance(owner, Mapping)
+                and owner.get("kind") == "DaemonSet"
+                and owner.get("name") in policy.bootstrap_daemonsets
+            ):
+                return True
+    labels = metadata.get("labels")
+    if isinstance(labels, Mapping):
+        for key, value in policy.bootstrap_labels:
+            if labels.get(key) == value:
+                return True
+    return False
+
+
+def route_decision(
+    raw_pod: Mapping[str, Any], namespace: str, policy: RoutingPolicy, liveness: str = ALIVE
+) -> Decision:
+    """Decide whether to route one pod; the order of the checks is the order of precedence.
+
+    `liveness` is the hostport-aware scheduler's state (lease.py): a pod that would be routed
+    is left to the default scheduler, with the Lease's verdict as the reason, unless ALIVE.
+    """
     if namespace in policy.excluded_namespaces:
         return Decision(EXCLUDED_NAMESPACE)
     metadata = raw_pod.get("metadata")
@@ -98,6 +171,8 @@ def route_decision(raw_pod: Mapping[str, Any], namespace: str, policy: RoutingPo
     key, value = policy.self_label
     if isinstance(labels, Mapping) and labels.get(key) == value:
         return Decision(EXTENDER_POD)
+    if is_bootstrap_pod(raw_pod, policy):
+        return Decision(BOOTSTRAP_POD)
     spec = raw_pod.get("spec")
     if not isinstance(spec, Mapping):
         return Decision(NO_HOST_PORTS)
@@ -110,14 +185,17 @@ def route_decision(raw_pod: Mapping[str, Any], namespace: str, policy: RoutingPo
         return Decision(OTHER_SCHEDULER)
     if not uses_host_ports(raw_pod):
         return Decision(NO_HOST_PORTS)
+    if liveness != ALIVE:
+        # Fail safe: a scheduler that is down (or that we cannot see) would leave the pod Pending.
+        return Decision(liveness if liveness in NOT_ALIVE else NOT_ALIVE[1])
     # "add" also replaces an existing member (RFC 6902 4.1), so one op covers both cases.
     return Decision(
         ROUTED, ({"op": "add", "path": "/spec/schedulerName", "value": policy.scheduler_name},)
     )
 
 
-def review_response(raw_review: object, policy: RoutingPolicy) -> tuple[dict[str, Any], Decision]:
-    """The AdmissionReview v1 answer to `raw_review`; ReviewError if it is not one."""
+def parse_review(raw_review: object) -> Mapping[str, Any]:
+    """The `request` of an AdmissionReview v1, with a uid; ReviewError if it is not one."""
     if not isinstance(raw_review, Mapping):
         raise ReviewError("body is not a JSON object")
     if raw_review.get("apiVersion") != "admission.k8s.io/v1":
@@ -133,48 +211,91 @@ def review_response(raw_review: object, policy: RoutingPolicy) -> tuple[dict[str
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise ReviewError("AdmissionReview request has no uid")
+    return request
 
+
+def is_pod_request(request: Mapping[str, Any], operation: str) -> bool:
+    """True for `operation` on the pods resource itself (no subresource such as binding)."""
     resource = request.get("resource")
-    is_pod = isinstance(resource, Mapping) and (
-        resource.get("group", "") == "" and resource.get("resource") == "pods"
+    return (
+        isinstance(resource, Mapping)
+        and resource.get("group", "") == ""
+        and resource.get("resource") == "pods"
+        and request.get("operation") == operation
+        and not request.get("subResource")
     )
-    if not is_pod or request.get("operation") != "CREATE" or request.get("subResource"):
+
+
+def answer(uid: str, **response: Any) -> dict[str, Any]:
+    """An AdmissionReview v1 response document."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, **response},
+    }
+
+
+def review_response(
+    raw_review: object, policy: RoutingPolicy, liveness: str = ALIVE
+) -> tuple[dict[str, Any], Decision]:
+    """The AdmissionReview v1 answer to `raw_review`; ReviewError if it is not one."""
+    request = parse_review(raw_review)
+    uid = str(request["uid"])
+    if not is_pod_request(request, "CREATE"):
         decision = Decision(NOT_A_POD_CREATE)
     else:
         raw_pod = request.get("object")
         if not isinstance(raw_pod, Mapping):
             raise ReviewError(f"request {uid}: object is not a Pod")
-        namespace = request.get("namespace")
-        if not isinstance(namespace, str):
-            metadata = raw_pod.get("metadata")
-            namespace = metadata.get("namespace", "") if isinstance(metadata, Mapping) else ""
-        decision = route_decision(raw_pod, str(namespace), policy)
+        decision = route_decision(raw_pod, request_namespace(request, raw_pod), policy, liveness)
 
-    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    response: dict[str, Any] = {"allowed": True}
     if decision.patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(list(decision.patch))).decode()
-    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-    return review, decision
+    return answer(uid, **response), decision
+
+
+def request_namespace(request: Mapping[str, Any], raw_pod: Mapping[str, Any]) -> str:
+    """The request's namespace, else the object's (a CREATE always carries the former)."""
+    namespace = request.get("namespace")
+    if isinstance(namespace, str):
+        return namespace
+    metadata = raw_pod.get("metadata")
+    found = metadata.get("namespace", "") if isinstance(metadata, Mapping) else ""
+    return str(found)
 
 
 POLICY_KEY = web.AppKey("routing_policy", RoutingPolicy)
+LEASE_KEY = web.AppKey("scheduler_lease", LeaseWatch)
+
+
+async def read_review(request: web.Request) -> tuple[object, Mapping[str, Any]]:
+    """The decoded body and its AdmissionReview request; ReviewError when it is neither."""
+    body = await request.read()
+    try:
+        raw_review = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ReviewError(f"body is not JSON: {error}") from error
+    return raw_review, parse_review(raw_review)
+
+
+def bad_review(error: ReviewError) -> web.Response:
+    """HTTP 400 with a one-line JSON error (the API server logs it; no traceback ever)."""
+    log.warning("rejected admission request: %s", error)
+    message = " ".join(str(error).split())
+    return web.json_response({"error": message}, status=400, dumps=_dumps)
 
 
 async def mutate(request: web.Request) -> web.Response:
     """POST /mutate: answer one AdmissionReview; malformed input gets 400 and a one-line reason."""
     policy = request.app[POLICY_KEY]
-    body = await request.read()
+    lease = request.app[LEASE_KEY]
     try:
-        try:
-            raw_review = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise ReviewError(f"body is not JSON: {error}") from error
-        review, decision = review_response(raw_review, policy)
+        raw_review, request_info = await read_review(request)
+        review, decision = review_response(raw_review, policy, lease.verdict())
     except ReviewError as error:
-        log.warning("rejected admission request: %s", error)
-        return web.json_response({"error": str(error)}, status=400, dumps=_dumps)
-    request_info = raw_review["request"]
+        return bad_review(error)
     log.info(
         "admission %s",
         decision.reason,
@@ -190,15 +311,61 @@ async def mutate(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz: the process serves HTTPS; the webhook has no other state to wait for."""
+    """GET /healthz: the process serves HTTPS (a stale Lease is not ill health: we answer)."""
     return web.Response(text="ok")
 
 
-def create_webhook_app(policy: RoutingPolicy, metrics: Metrics) -> web.Application:
+class _LeaseGauges(Collector):
+    """Scrape-time gauges of the scheduler Lease as the webhook last read it."""
+
+    def __init__(self, lease: LeaseWatch) -> None:
+        self.lease = lease
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "hostport_extender_webhook_scheduler_alive",
+            "1 while the hostport-aware scheduler's Lease is fresh (pods are routed), else 0.",
+            value=1 if self.lease.verdict() == ALIVE else 0,
+        )
+        age = self.lease.age_seconds()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "hostport_extender_webhook_scheduler_lease_age_seconds",
+                "Seconds since the scheduler's Lease was last renewed, as last read.",
+                value=age,
+            )
+
+
+async def _lease_refresher(app: web.Application) -> AsyncIterator[None]:
+    """Read the Lease once before serving, then keep re-reading it in the background."""
+    lease = app[LEASE_KEY]
+    if lease.api is None:
+        yield
+        return
+    await lease.api.open()
+    try:
+        await lease.refresh()
+        task = asyncio.create_task(lease.run(), name="scheduler-lease")
+        try:
+            yield
+        finally:
+            task.cancel()
+            # wait() does not re-raise the task's cancellation, yet still lets ours through.
+            await asyncio.wait([task])
+    finally:
+        await lease.api.close()
+
+
+def create_webhook_app(
+    policy: RoutingPolicy, metrics: Metrics, lease: LeaseWatch
+) -> web.Application:
     """The webhook's application: POST /mutate, GET /healthz, GET /metrics."""
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app[POLICY_KEY] = policy
+    app[LEASE_KEY] = lease
     metrics_install(app, metrics)
+    metrics.registry.register(_LeaseGauges(lease))
+    app.cleanup_ctx.append(_lease_refresher)
     app.router.add_post("/mutate", mutate)
     app.router.add_get("/healthz", healthz)
     return app

@@ -1,7 +1,9 @@
 """`hostport-extender webhook`: serve the routing webhook (/mutate) over HTTPS.
 
 The API server only calls webhooks over HTTPS, so the certificate and key are required; they
-come from cert-manager or from `hostport-extender certs`.
+come from cert-manager or from `hostport-extender certs`. The webhook reads one object from the
+API server, the hostport-aware scheduler's Lease (in-cluster credentials, else a kubeconfig),
+and routes pods only while that Lease is fresh.
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ from aiohttp import web
 
 from extender import logs
 from extender.errors import ExtenderError
+from extender.kube.kubeapi import KubeApi
+from extender.kube.kubeauth import load_connection
 from extender.server import tls
 from extender.server.metrics import new_metrics
 from extender.webhook.app import (
+    DEFAULT_BOOTSTRAP_DAEMONSETS,
+    DEFAULT_BOOTSTRAP_LABELS,
     DEFAULT_EXCLUDED_NAMESPACES,
     ROUTED_SCHEDULER,
     SELF_LABEL,
     RoutingPolicy,
     create_webhook_app,
 )
+from extender.webhook.lease import DEFAULT_LEASE, DEFAULT_POLL_SECONDS, LeaseWatch, parse_lease_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
+LEASE_REQUEST_TIMEOUT = 5.0
+"""A Lease read that takes longer is a failed read: the webhook must not hang on the API."""
 RELOAD_SECONDS = 30.0
 """How often to look for a renewed certificate; kubelet itself takes up to a minute to swap it."""
 
@@ -63,6 +72,41 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="KEY=VALUE",
         help="pods with this label are the extender's own and are never routed",
     )
+    parser.add_argument(
+        "--bootstrap-daemonset",
+        action="append",
+        metavar="NAME",
+        help="never route pods owned by a DaemonSet of this name (repeatable; replaces the "
+        "default list: " + ", ".join(sorted(DEFAULT_BOOTSTRAP_DAEMONSETS)) + ")",
+    )
+    parser.add_argument(
+        "--bootstrap-label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="never route pods with this label (repeatable; replaces the default list: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(DEFAULT_BOOTSTRAP_LABELS))
+        + ")",
+    )
+    parser.add_argument(
+        "--scheduler-lease",
+        default="/".join(DEFAULT_LEASE),
+        metavar="NAMESPACE/NAME",
+        help="the hostport-aware scheduler's leader-election Lease; pods are routed only while "
+        "it is fresh (default " + "/".join(DEFAULT_LEASE) + ")",
+    )
+    parser.add_argument(
+        "--lease-poll-seconds",
+        type=float,
+        default=DEFAULT_POLL_SECONDS,
+        metavar="SECONDS",
+        help=f"how often to re-read the Lease (default {DEFAULT_POLL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for reading the Lease (default: in-cluster, else $KUBECONFIG, "
+        "~/.kube/config)",
+    )
+    parser.add_argument("--context", help="kubeconfig context (default: current)")
     tls.add_arguments(parser, required=True)
     logs.add_arguments(parser)
     parser.set_defaults(run=run)
@@ -76,19 +120,44 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port_text)
 
 
+def parse_label(flag: str, text: str) -> tuple[str, str]:
+    """KEY=VALUE; ValueError naming the flag when it is not that."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise ValueError(f"{flag} {text!r}: want KEY=VALUE")
+    return key, value
+
+
 def policy_from_args(args: argparse.Namespace) -> RoutingPolicy:
     """The routing policy the flags describe."""
-    key, equals, value = args.self_label.partition("=")
-    if not equals or not key:
-        raise ValueError(f"--self-label {args.self_label!r}: want KEY=VALUE")
     excluded = args.exclude_namespace
+    daemonsets = args.bootstrap_daemonset
+    labels = args.bootstrap_label
     return RoutingPolicy(
         scheduler_name=args.scheduler_name,
         excluded_namespaces=(
             frozenset(excluded) if excluded is not None else DEFAULT_EXCLUDED_NAMESPACES
         ),
-        self_label=(key, value),
+        self_label=parse_label("--self-label", args.self_label),
+        bootstrap_daemonsets=(
+            frozenset(daemonsets) if daemonsets is not None else DEFAULT_BOOTSTRAP_DAEMONSETS
+        ),
+        bootstrap_labels=(
+            frozenset(parse_label("--bootstrap-label", text) for text in labels)
+            if labels is not None
+            else DEFAULT_BOOTSTRAP_LABELS
+        ),
     )
+
+
+def lease_from_args(args: argparse.Namespace) -> LeaseWatch:
+    """The Lease watch the flags describe, with an API client (KubeAuthError without config)."""
+    namespace, name = parse_lease_name(args.scheduler_lease)
+    if not args.lease_poll_seconds > 0:
+        raise ValueError(f"--lease-poll-seconds must be above 0, got {args.lease_poll_seconds}")
+    connection = load_connection(args.kubeconfig, args.context)
+    api = KubeApi(connection, request_timeout=LEASE_REQUEST_TIMEOUT)
+    return LeaseWatch(api, namespace, name, poll_seconds=args.lease_poll_seconds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,10 +170,11 @@ def run(args: argparse.Namespace) -> int:
         if files is None:
             raise tls.TLSConfigError("the webhook needs --tls-cert and --tls-key")
         context = tls.server_context(files)
+        lease = lease_from_args(args)
     except (ValueError, ExtenderError) as error:
         print(f"hostport-extender webhook: error: {error}", file=sys.stderr)
         return 2
-    app = create_webhook_app(policy, new_metrics())
+    app = create_webhook_app(policy, new_metrics(), lease)
     reloader = tls.CertificateReloader(context, files)
     try:
         asyncio.run(_serve(app, host, port, context, reloader))

@@ -33,7 +33,14 @@ from extender.server.binding import SnapshotBinder
 from extender.server.metrics import new_metrics
 from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
-from extender.webhook.app import DEFAULT_EXCLUDED_NAMESPACES, ROUTED, ROUTED_SCHEDULER, SELF_LABEL
+from extender.webhook.app import (
+    DEFAULT_BOOTSTRAP_DAEMONSETS,
+    DEFAULT_BOOTSTRAP_LABELS,
+    DEFAULT_EXCLUDED_NAMESPACES,
+    ROUTED,
+    ROUTED_SCHEDULER,
+    SELF_LABEL,
+)
 from extender.webhook.app import route_decision as webhook_decision
 from extender.webhook.command import policy_from_args
 from tests.webhook.test_webhook import CASES
@@ -397,9 +404,18 @@ def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
         if e["key"] == "kubernetes.io/metadata.name"
     )
     assert set(excluded) == DEFAULT_EXCLUDED_NAMESPACES
-    assert hook["objectSelector"]["matchExpressions"] == [
-        {"key": SELF_LABEL[0], "operator": "NotIn", "values": [SELF_LABEL[1]]}
+    by_key: dict[str, list[str]] = {}
+    for key, value in DEFAULT_BOOTSTRAP_LABELS:
+        by_key.setdefault(key, []).append(value)
+    by_key[SELF_LABEL[0]] = [SELF_LABEL[1]]
+    expressions = hook["objectSelector"]["matchExpressions"]
+    assert sorted(expressions, key=lambda e: e["key"]) == [
+        {"key": key, "operator": "NotIn", "values": sorted(values)}
+        for key, values in sorted(by_key.items())
     ]
+    (bootstrap,) = [c for c in hook["matchConditions"] if c["name"] == "not-a-bootstrap-daemonset"]
+    names = set(re.findall(r"'([a-z0-9-]+)'", bootstrap["expression"]))
+    assert names == DEFAULT_BOOTSTRAP_DAEMONSETS
 
     service_ref = hook["clientConfig"]["service"]
     assert service_ref["path"] == "/mutate"
@@ -424,6 +440,39 @@ def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
     assert policy.scheduler_name == ROUTED_SCHEDULER
     assert policy.excluded_namespaces == DEFAULT_EXCLUDED_NAMESPACES
     assert find(objects, "Namespace")["metadata"]["labels"]["hostports.dev/routing"] == "disabled"
+
+
+def test_webhook_reads_only_the_scheduler_lease(rendered: dict[str, list[RawObject]]) -> None:
+    """The webhook may `get` one Lease: the one the second scheduler's leader election writes."""
+    objects = rendered["default"]
+    election = scheduler_config(objects, "hostport-aware-scheduler-config")["leaderElection"]
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["automountServiceAccountToken"] is True
+    args = parse_cli(container(pod_spec, "webhook")["args"])
+    assert args.scheduler_lease == f"{election['resourceNamespace']}/{election['resourceName']}"
+    account = {
+        "kind": "ServiceAccount",
+        "name": pod_spec["serviceAccountName"],
+        "namespace": NAMESPACE,
+    }
+    bindings = [
+        o
+        for o in objects
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and account in o["subjects"]
+    ]
+    assert [(b["kind"], b["metadata"].get("namespace")) for b in bindings] == [
+        ("RoleBinding", election["resourceNamespace"])
+    ]
+    role = find(objects, "Role", bindings[0]["roleRef"]["name"])
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [election["resourceName"]],
+            "verbs": ["get"],
+        }
+    ]
 
 
 def selector_matches(selector: RawObject, labels: dict[str, str]) -> bool:
