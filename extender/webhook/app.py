@@ -23,12 +23,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.errors import ExtenderError
 from extender.server.metrics import METRICS_KEY, Metrics
 from extender.server.metrics import install as metrics_install
+from extender.webhook.guard import NOT_A_POD_DELETE, GuardDecision, GuardPolicy, guard_decision
 from extender.webhook.lease import ALIVE, NOT_ALIVE, LeaseWatch
 
 log = logging.getLogger(__name__)
@@ -266,8 +268,49 @@ def request_namespace(request: Mapping[str, Any], raw_pod: Mapping[str, Any]) ->
     return str(found)
 
 
+def guard_response(raw_review: object, policy: GuardPolicy) -> tuple[dict[str, Any], GuardDecision]:
+    """The AdmissionReview v1 answer of the preemption guard; ReviewError if it is not one."""
+    request = parse_review(raw_review)
+    uid = str(request["uid"])
+    if not is_pod_request(request, "DELETE"):
+        decision = GuardDecision(NOT_A_POD_DELETE)
+    else:
+        raw_pod = request.get("oldObject")
+        if not isinstance(raw_pod, Mapping):
+            raise ReviewError(f"request {uid}: oldObject is not a Pod")
+        user_info = request.get("userInfo")
+        username = user_info.get("username") if isinstance(user_info, Mapping) else None
+        if not isinstance(username, str):
+            raise ReviewError(f"request {uid}: userInfo.username is missing")
+        decision = guard_decision(raw_pod, username, policy)
+    if decision.allowed:
+        return answer(uid, allowed=True), decision
+    status = {"code": 403, "reason": "Forbidden", "message": decision.message}
+    return answer(uid, allowed=False, status=status), decision
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCounters:
+    """The webhook's own counters, on the process's registry."""
+
+    guard: Counter
+
+    @classmethod
+    def register(cls, metrics: Metrics) -> WebhookCounters:
+        return cls(
+            guard=Counter(
+                "hostport_extender_guard_decisions",
+                "Pod DELETEs the preemption guard answered, by decision (denied-* = refused).",
+                ["decision"],
+                registry=metrics.registry,
+            ),
+        )
+
+
 POLICY_KEY = web.AppKey("routing_policy", RoutingPolicy)
+GUARD_KEY = web.AppKey("guard_policy", GuardPolicy)
 LEASE_KEY = web.AppKey("scheduler_lease", LeaseWatch)
+COUNTERS_KEY = web.AppKey("webhook_counters", WebhookCounters)
 
 
 async def read_review(request: web.Request) -> tuple[object, Mapping[str, Any]]:
@@ -307,6 +350,31 @@ async def mutate(request: web.Request) -> web.Response:
         },
     )
     request.app[METRICS_KEY].admission_reviews.labels(decision=decision.reason).inc()
+    return web.json_response(review, dumps=_dumps)
+
+
+async def validate(request: web.Request) -> web.Response:
+    """POST /validate: the preemption guard on pod DELETE; malformed input gets 400."""
+    try:
+        raw_review, request_info = await read_review(request)
+        review, decision = guard_response(raw_review, request.app[GUARD_KEY])
+    except ReviewError as error:
+        return bad_review(error)
+    user_info = request_info.get("userInfo")
+    log.log(
+        logging.INFO if decision.allowed else logging.WARNING,
+        "guard %s%s",
+        decision.reason,
+        f": {decision.message}" if decision.message else "",
+        extra={
+            "uid": request_info.get("uid"),
+            "namespace": request_info.get("namespace"),
+            "pod": request_info.get("name"),
+            "user": user_info.get("username") if isinstance(user_info, Mapping) else None,
+            "decision": decision.reason,
+        },
+    )
+    request.app[COUNTERS_KEY].guard.labels(decision=decision.reason).inc()
     return web.json_response(review, dumps=_dumps)
 
 
@@ -357,16 +425,22 @@ async def _lease_refresher(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_webhook_app(
-    policy: RoutingPolicy, metrics: Metrics, lease: LeaseWatch
+    policy: RoutingPolicy,
+    metrics: Metrics,
+    lease: LeaseWatch,
+    guard: GuardPolicy | None = None,
 ) -> web.Application:
-    """The webhook's application: POST /mutate, GET /healthz, GET /metrics."""
+    """The webhook's application: POST /mutate and /validate, GET /healthz and /metrics."""
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app[POLICY_KEY] = policy
+    app[GUARD_KEY] = guard if guard is not None else GuardPolicy()
     app[LEASE_KEY] = lease
+    app[COUNTERS_KEY] = WebhookCounters.register(metrics)
     metrics_install(app, metrics)
     metrics.registry.register(_LeaseGauges(lease))
     app.cleanup_ctx.append(_lease_refresher)
     app.router.add_post("/mutate", mutate)
+    app.router.add_post("/validate", validate)
     app.router.add_get("/healthz", healthz)
     return app
 

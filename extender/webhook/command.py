@@ -1,4 +1,5 @@
-"""`hostport-extender webhook`: serve the routing webhook (/mutate) over HTTPS.
+"""`hostport-extender webhook`: serve the routing webhook (/mutate) and the preemption guard
+(/validate) over HTTPS.
 
 The API server only calls webhooks over HTTPS, so the certificate and key are required; they
 come from cert-manager or from `hostport-extender certs`. The webhook reads one object from the
@@ -18,7 +19,8 @@ import sys
 from aiohttp import web
 
 from extender import logs
-from extender.errors import ExtenderError
+from extender.core.portspec import parse_port_specs
+from extender.errors import ExtenderError, PortSpecError
 from extender.kube.kubeapi import KubeApi
 from extender.kube.kubeauth import load_connection
 from extender.server import tls
@@ -32,11 +34,19 @@ from extender.webhook.app import (
     RoutingPolicy,
     create_webhook_app,
 )
-from extender.webhook.lease import DEFAULT_LEASE, DEFAULT_POLL_SECONDS, LeaseWatch, parse_lease_name
+from extender.webhook.guard import DEFAULT_SCHEDULER_ACCOUNTS, GuardPolicy
+from extender.webhook.lease import (
+    DEFAULT_LEASE,
+    DEFAULT_POLL_SECONDS,
+    LeaseRecord,
+    LeaseWatch,
+    parse_lease_name,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
+NO_LEASE = "none"
 LEASE_REQUEST_TIMEOUT = 5.0
 """A Lease read that takes longer is a failed read: the webhook must not hang on the API."""
 RELOAD_SECONDS = 30.0
@@ -92,7 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="/".join(DEFAULT_LEASE),
         metavar="NAMESPACE/NAME",
         help="the hostport-aware scheduler's leader-election Lease; pods are routed only while "
-        "it is fresh (default " + "/".join(DEFAULT_LEASE) + ")",
+        "it is fresh (default " + "/".join(DEFAULT_LEASE) + "; `none`: no second scheduler, "
+        "never route, serve only the preemption guard)",
     )
     parser.add_argument(
         "--lease-poll-seconds",
@@ -100,6 +111,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=DEFAULT_POLL_SECONDS,
         metavar="SECONDS",
         help=f"how often to re-read the Lease (default {DEFAULT_POLL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--scheduler-service-account",
+        action="append",
+        metavar="NAMESPACE/NAME",
+        help="preemption guard: a second scheduler's ServiceAccount whose pod DELETEs are "
+        "checked like system:kube-scheduler's (repeatable; replaces the default "
+        + ", ".join("/".join(a) for a in sorted(DEFAULT_SCHEDULER_ACCOUNTS))
+        + ")",
+    )
+    parser.add_argument(
+        "--protected-ports",
+        default="",
+        metavar="SPECS",
+        help="preemption guard: pods holding these ports are protected, as if annotated "
+        "hostports.dev/protected (annotation syntax, e.g. 80/TCP,443/TCP)",
     )
     parser.add_argument(
         "--kubeconfig",
@@ -150,11 +177,38 @@ def policy_from_args(args: argparse.Namespace) -> RoutingPolicy:
     )
 
 
+def guard_from_args(args: argparse.Namespace) -> GuardPolicy:
+    """The preemption guard's policy the flags describe (PortSpecError for a bad port list)."""
+    accounts = args.scheduler_service_account
+    parsed = DEFAULT_SCHEDULER_ACCOUNTS
+    if accounts is not None:
+        pairs = []
+        for text in accounts:
+            namespace, slash, name = text.partition("/")
+            if not slash or not namespace or not name:
+                raise ValueError(f"--scheduler-service-account {text!r}: want NAMESPACE/NAME")
+            pairs.append((namespace, name))
+        parsed = frozenset(pairs)
+    try:
+        protected = parse_port_specs(args.protected_ports)
+    except PortSpecError as error:
+        raise ValueError(f"--protected-ports: {error}") from error
+    return GuardPolicy(scheduler_accounts=parsed, protected_ports=protected)
+
+
 def lease_from_args(args: argparse.Namespace) -> LeaseWatch:
-    """The Lease watch the flags describe, with an API client (KubeAuthError without config)."""
-    namespace, name = parse_lease_name(args.scheduler_lease)
+    """The Lease watch the flags describe, with an API client (KubeAuthError without config).
+
+    `--scheduler-lease none` (a cluster without a second scheduler, where only the preemption
+    guard is used) reads nothing and never routes.
+    """
     if not args.lease_poll_seconds > 0:
         raise ValueError(f"--lease-poll-seconds must be above 0, got {args.lease_poll_seconds}")
+    if args.scheduler_lease == NO_LEASE:
+        lease = LeaseWatch(None, "", NO_LEASE)
+        lease.record = LeaseRecord("missing", detail="--scheduler-lease none: routing is off")
+        return lease
+    namespace, name = parse_lease_name(args.scheduler_lease)
     connection = load_connection(args.kubeconfig, args.context)
     api = KubeApi(connection, request_timeout=LEASE_REQUEST_TIMEOUT)
     return LeaseWatch(api, namespace, name, poll_seconds=args.lease_poll_seconds)
@@ -166,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         policy = policy_from_args(args)
+        guard = guard_from_args(args)
         files = tls.files_from_args(args)
         if files is None:
             raise tls.TLSConfigError("the webhook needs --tls-cert and --tls-key")
@@ -174,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ExtenderError) as error:
         print(f"hostport-extender webhook: error: {error}", file=sys.stderr)
         return 2
-    app = create_webhook_app(policy, new_metrics(), lease)
+    app = create_webhook_app(policy, new_metrics(), lease, guard)
     reloader = tls.CertificateReloader(context, files)
     try:
         asyncio.run(_serve(app, host, port, context, reloader))

@@ -40,9 +40,14 @@ from extender.webhook.app import (
     ROUTED,
     ROUTED_SCHEDULER,
     SELF_LABEL,
+    RoutingPolicy,
+    create_webhook_app,
 )
 from extender.webhook.app import route_decision as webhook_decision
-from extender.webhook.command import policy_from_args
+from extender.webhook.command import guard_from_args, policy_from_args
+from extender.webhook.guard import DENIALS, NOT_A_POD_DELETE, NOT_A_SCHEDULER, GuardPolicy
+from extender.webhook.lease import LeaseWatch
+from tests.webhook.test_guard import GUARD_CASES
 from tests.webhook.test_webhook import CASES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,6 +162,7 @@ EXPECTED_KINDS = {
         "PodDisruptionBudget",
         "Service",
         "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
     },
     "kubeadm": {
         "Namespace",
@@ -165,6 +171,10 @@ EXPECTED_KINDS = {
         "ClusterRoleBinding",
         "ConfigMap",
         "DaemonSet",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "ValidatingWebhookConfiguration",
     },
     "monitoring": {"ConfigMap", "PodMonitor", "PrometheusRule"},
 }
@@ -186,7 +196,7 @@ def test_namespaced_objects_live_in_the_extender_namespace(
 ) -> None:
     """Everything namespaced is in hostport-system, bar the scheduler's kube-system reader."""
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-    cluster_scoped.add("MutatingWebhookConfiguration")
+    cluster_scoped |= {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
     for o in rendered[overlay]:
         if o["kind"] in cluster_scoped:
             assert "namespace" not in o["metadata"]
@@ -524,6 +534,91 @@ def test_webhook_is_called_for_exactly_the_pods_it_routes(
     assert webhook_is_called(hook, raw_pod, namespace) == (reason == ROUTED)
 
 
+def served_webhook_paths() -> set[str]:
+    """The POST routes the real webhook application serves."""
+    lease = LeaseWatch(None, "", "none")
+    app = create_webhook_app(RoutingPolicy(), new_metrics(), lease, GuardPolicy())
+    return {
+        route.resource.canonical
+        for route in app.router.routes()
+        if route.method == "POST" and route.resource is not None
+    }
+
+
+@pytest.mark.parametrize("overlay", ["default", "kubeadm", "cert-manager"])
+def test_guard_configuration(rendered: dict[str, list[RawObject]], overlay: str) -> None:
+    """The guard: pod DELETEs only, Ignore on failure, the served /validate, the same users."""
+    objects = rendered[overlay]
+    (hook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["rules"] == [
+        {
+            "operations": ["DELETE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    service_ref = hook["clientConfig"]["service"]
+    assert service_ref["path"] in served_webhook_paths()
+    service = find(objects, "Service", service_ref["name"])
+    assert service["metadata"]["namespace"] == service_ref["namespace"]
+    assert service["spec"]["ports"][0]["port"] == service_ref["port"]
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    args = parse_cli(container(deployment["spec"]["template"]["spec"], "webhook")["args"])
+    (users,) = [c for c in hook["matchConditions"] if c["name"] == "scheduler-requests-only"]
+    assert set(re.findall(r"'([^']+)'", users["expression"])) == (
+        guard_from_args(args).scheduler_users
+    )
+    if overlay == "kubeadm":
+        assert args.scheduler_lease == "none", "no second scheduler there: never route"
+        assert not any(o["kind"] == "MutatingWebhookConfiguration" for o in objects)
+
+
+def guard_is_called(hook: RawObject, review: RawObject) -> bool:
+    """Whether the API server would send this request to the guard (rules, then CEL)."""
+    request = review["request"]
+    resource = request["resource"]["resource"]
+    if request.get("subResource"):
+        resource += "/" + request["subResource"]
+    if not any(
+        request["operation"] in rule["operations"]
+        and request["resource"]["group"] in rule["apiGroups"]
+        and resource in rule["resources"]
+        for rule in hook["rules"]
+    ):
+        return False
+    env = celpy.Environment()
+    activation = {
+        "request": json_to_cel(request),
+        "object": json_to_cel(request["object"]),
+        "oldObject": json_to_cel(request["oldObject"]),
+    }
+    return all(
+        bool(env.program(env.compile(condition["expression"])).evaluate(activation))
+        for condition in hook["matchConditions"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("review", "reason"), [c[1:] for c in GUARD_CASES], ids=[c[0] for c in GUARD_CASES]
+)
+def test_guard_is_called_for_every_deletion_it_would_deny(
+    rendered: dict[str, list[RawObject]], review: RawObject, reason: str
+) -> None:
+    """Rules and CEL send the guard every scheduler DELETE it refuses, and no one else's."""
+    (hook,) = find(rendered["default"], "ValidatingWebhookConfiguration")["webhooks"]
+    called = guard_is_called(hook, review)
+    if reason in DENIALS:
+        assert called
+    if reason in (NOT_A_SCHEDULER, NOT_A_POD_DELETE):
+        assert not called
+
+
 def test_cert_manager_overlay_wires_the_certificate(rendered: dict[str, list[RawObject]]) -> None:
     """The Certificate fills the Secret the webhook mounts; its CA is injected into the hook."""
     objects = rendered["cert-manager"]
@@ -531,10 +626,11 @@ def test_cert_manager_overlay_wires_the_certificate(rendered: dict[str, list[Raw
     deployment = find(objects, "Deployment", "hostport-extender-webhook")
     (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
     assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
-    configuration = find(objects, "MutatingWebhookConfiguration")
-    annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
     meta = certificate["metadata"]
-    assert annotation == f"{meta['namespace']}/{meta['name']}"
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        configuration = find(objects, kind)
+        annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        assert annotation == f"{meta['namespace']}/{meta['name']}"
     (hook,) = configuration["webhooks"]
     service = hook["clientConfig"]["service"]
     assert f"{service['name']}.{service['namespace']}.svc" in certificate["spec"]["dnsNames"]
@@ -729,7 +825,7 @@ def test_workloads_pass_their_namespace_pod_security_level(
     for workload in workloads:
         pod_spec = workload["spec"]["template"]["spec"]
         violations = restricted_violations(pod_spec)
-        if level == "restricted":
+        if level == "restricted" or workload["kind"] == "Deployment":
             assert violations == [], workload["metadata"]["name"]
         else:
             # Privileged only because the kubeadm DaemonSet needs the host network.
@@ -799,6 +895,7 @@ CORE_KINDS = {
     "Role",
     "RoleBinding",
     "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 }
 
 

@@ -38,6 +38,7 @@ from extender.webhook.app import (
     create_webhook_app,
     route_decision,
 )
+from extender.webhook.guard import GuardPolicy
 from extender.webhook.lease import (
     ALIVE,
     LEASE_MISSING,
@@ -47,10 +48,10 @@ from extender.webhook.lease import (
 )
 from tests.conftest import start_command
 from tests.fakeapi import FakeApiServer, eventually
-from tests.pki import PKI, SERVICE_NAME, make_pki
+from tests.pki import PKI, SERVICE_NAME
+from tests.webhook.conftest import LEASE_NAME, LEASE_NS
 
 POLICY = RoutingPolicy()
-LEASE_NS, LEASE_NAME = "hostport-system", "hostport-aware-scheduler"
 
 
 def pod(
@@ -234,21 +235,6 @@ def apply_patch(raw_pod: dict[str, Any], patch: list[dict[str, Any]]) -> dict[st
     return result
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeApiServer]:
-    """The fake API server, holding a freshly renewed scheduler Lease."""
-    server = FakeApiServer()
-    await server.start()
-    server.put_lease(LEASE_NS, LEASE_NAME, holder="sched-a_1f2e", renewed=datetime.now(UTC))
-    yield server
-    await server.stop()
-
-
 def lease_watch(fake: FakeApiServer, tmp_path: Path, **kwargs: Any) -> LeaseWatch:
     """A LeaseWatch reading the fake's Lease through the project's real API client."""
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", token="token-1")
@@ -258,10 +244,13 @@ def lease_watch(fake: FakeApiServer, tmp_path: Path, **kwargs: Any) -> LeaseWatc
 
 @asynccontextmanager
 async def serving(
-    pki: PKI, lease: LeaseWatch, policy: RoutingPolicy = POLICY
+    pki: PKI,
+    lease: LeaseWatch,
+    policy: RoutingPolicy = POLICY,
+    guard: GuardPolicy | None = None,
 ) -> AsyncIterator[str]:
     """The webhook app on 127.0.0.1 over HTTPS; yields its base URL."""
-    app = create_webhook_app(policy, new_metrics(), lease)
+    app = create_webhook_app(policy, new_metrics(), lease, guard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     context = tls.server_context(tls.TLSFiles(pki.server_cert, pki.server_key))
@@ -279,12 +268,12 @@ async def webhook_url(pki: PKI, fake: FakeApiServer, tmp_path: Path) -> AsyncIte
         yield url
 
 
-async def post(url: str, pki: PKI, body: bytes) -> tuple[int, Any]:
+async def post(url: str, pki: PKI, body: bytes, path: str = "/mutate") -> tuple[int, Any]:
     """POST like the API server does: HTTPS, verifying the certificate against the caBundle."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            url + "/mutate",
+            url + path,
             data=body,
             headers={"Content-Type": "application/json"},
             ssl=pki.client_context(),
