@@ -142,6 +142,11 @@ def check_table(report: CheckReport, style: Style) -> str:
             f"  host ports: {check.host_ports or 'none'}",
             f"  {verdict}",
         ]
+        listen = check.listen
+        if listen.added:
+            declared = ", ".join(f"{p.spec} ({p.name})" for p in listen.added)
+            lines.append(f"  with listen materialisation, declares: {declared}")
+        lines.extend(f"  listen materialisation: {n}" for n in (listen.error, *listen.notes) if n)
         if check.replacing:
             shown = ", ".join(check.replacing[:NAMES_SHOWN])
             more = len(check.replacing) - NAMES_SHOWN

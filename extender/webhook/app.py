@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from extender.core.listeners import ListenPlan, json_patch, plan_listen_ports
 from extender.errors import ExtenderError
 from extender.server.metrics import METRICS_KEY, Metrics
 from extender.server.metrics import install as metrics_install
@@ -268,6 +269,49 @@ def request_namespace(request: Mapping[str, Any], raw_pod: Mapping[str, Any]) ->
     return str(found)
 
 
+# Every reason a /materialise review can end with (bounded: a metric label).
+MATERIALISED = "materialised"
+NOTHING_TO_DECLARE = "nothing-to-declare"
+INVALID_ANNOTATION = "invalid-annotation"
+MATERIALISE_DISABLED = "materialise-disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenDecision:
+    """The outcome of one /materialise review: why, and the plan behind any patch."""
+
+    reason: str
+    plan: ListenPlan = field(default_factory=ListenPlan)
+
+
+def materialise_response(
+    raw_review: object, enabled: bool
+) -> tuple[dict[str, Any], ListenDecision]:
+    """Declare a new hostNetwork pod's annotated listeners; never refuses a pod."""
+    request = parse_review(raw_review)
+    uid = str(request["uid"])
+    if not is_pod_request(request, "CREATE"):
+        return answer(uid, allowed=True), ListenDecision(NOT_A_POD_CREATE)
+    raw_pod = request.get("object")
+    if not isinstance(raw_pod, Mapping):
+        raise ReviewError(f"request {uid}: object is not a Pod")
+    if not enabled:
+        return answer(uid, allowed=True), ListenDecision(MATERIALISE_DISABLED)
+    plan = plan_listen_ports(raw_pod)
+    warnings = [f"hostport-extender: {text}" for text in (plan.error, *plan.notes) if text]
+    response: dict[str, Any] = {"allowed": True}
+    if warnings:
+        response["warnings"] = warnings
+    if plan.error:
+        return answer(uid, **response), ListenDecision(INVALID_ANNOTATION, plan)
+    patch = json_patch(plan, raw_pod)
+    if not patch:
+        return answer(uid, **response), ListenDecision(NOTHING_TO_DECLARE, plan)
+    response["patchType"] = "JSONPatch"
+    response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
+    return answer(uid, **response), ListenDecision(MATERIALISED, plan)
+
+
 def guard_response(raw_review: object, policy: GuardPolicy) -> tuple[dict[str, Any], GuardDecision]:
     """The AdmissionReview v1 answer of the preemption guard; ReviewError if it is not one."""
     request = parse_review(raw_review)
@@ -294,10 +338,23 @@ class WebhookCounters:
     """The webhook's own counters, on the process's registry."""
 
     guard: Counter
+    listen: Counter
+    declared_ports: Counter
 
     @classmethod
     def register(cls, metrics: Metrics) -> WebhookCounters:
         return cls(
+            listen=Counter(
+                "hostport_extender_listen_reviews",
+                "Pod CREATEs /materialise answered, by decision (materialised = ports declared).",
+                ["decision"],
+                registry=metrics.registry,
+            ),
+            declared_ports=Counter(
+                "hostport_extender_listen_ports_declared",
+                "Container ports /materialise declared from hostports.dev/listen entries.",
+                registry=metrics.registry,
+            ),
             guard=Counter(
                 "hostport_extender_guard_decisions",
                 "Pod DELETEs the preemption guard answered, by decision (denied-* = refused).",
@@ -308,6 +365,7 @@ class WebhookCounters:
 
 
 POLICY_KEY = web.AppKey("routing_policy", RoutingPolicy)
+MATERIALISE_KEY = web.AppKey("materialise_listeners", bool)
 GUARD_KEY = web.AppKey("guard_policy", GuardPolicy)
 LEASE_KEY = web.AppKey("scheduler_lease", LeaseWatch)
 COUNTERS_KEY = web.AppKey("webhook_counters", WebhookCounters)
@@ -350,6 +408,33 @@ async def mutate(request: web.Request) -> web.Response:
         },
     )
     request.app[METRICS_KEY].admission_reviews.labels(decision=decision.reason).inc()
+    return web.json_response(review, dumps=_dumps)
+
+
+async def materialise(request: web.Request) -> web.Response:
+    """POST /materialise: declare annotated listeners as container ports (opt-in)."""
+    try:
+        raw_review, request_info = await read_review(request)
+        review, decision = materialise_response(raw_review, request.app[MATERIALISE_KEY])
+    except ReviewError as error:
+        return bad_review(error)
+    plan = decision.plan
+    log.log(
+        logging.WARNING if decision.reason == INVALID_ANNOTATION else logging.INFO,
+        "listen %s%s",
+        decision.reason,
+        f": {plan.error}" if plan.error else (f": declared {plan.summary}" if plan.added else ""),
+        extra={
+            "uid": request_info.get("uid"),
+            "namespace": request_info.get("namespace"),
+            "pod": request_info.get("name") or _generate_name(request_info),
+            "decision": decision.reason,
+        },
+    )
+    counters = request.app[COUNTERS_KEY]
+    counters.listen.labels(decision=decision.reason).inc()
+    if decision.reason == MATERIALISED:
+        counters.declared_ports.inc(len(plan.added))
     return web.json_response(review, dumps=_dumps)
 
 
@@ -429,10 +514,14 @@ def create_webhook_app(
     metrics: Metrics,
     lease: LeaseWatch,
     guard: GuardPolicy | None = None,
+    *,
+    materialise_listeners: bool = False,
 ) -> web.Application:
-    """The webhook's application: POST /mutate and /validate, GET /healthz and /metrics."""
+    """The webhook's application: POST /mutate, /materialise and /validate, GET /healthz and
+    /metrics."""
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app[POLICY_KEY] = policy
+    app[MATERIALISE_KEY] = materialise_listeners
     app[GUARD_KEY] = guard if guard is not None else GuardPolicy()
     app[LEASE_KEY] = lease
     app[COUNTERS_KEY] = WebhookCounters.register(metrics)
@@ -440,6 +529,7 @@ def create_webhook_app(
     metrics.registry.register(_LeaseGauges(lease))
     app.cleanup_ctx.append(_lease_refresher)
     app.router.add_post("/mutate", mutate)
+    app.router.add_post("/materialise", materialise)
     app.router.add_post("/validate", validate)
     app.router.add_get("/healthz", healthz)
     return app

@@ -129,6 +129,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "hostports.dev/protected (annotation syntax, e.g. 80/TCP,443/TCP)",
     )
     parser.add_argument(
+        "--materialise-listeners",
+        action="store_true",
+        help="/materialise declares a new hostNetwork pod's hostports.dev/listen entries as "
+        "container ports (only namespaces the webhook configuration selects; default off)",
+    )
+    parser.add_argument(
         "--kubeconfig",
         help="kubeconfig for reading the Lease (default: in-cluster, else $KUBECONFIG, "
         "~/.kube/config)",
@@ -229,7 +235,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ExtenderError) as error:
         print(f"hostport-extender webhook: error: {error}", file=sys.stderr)
         return 2
-    app = create_webhook_app(policy, new_metrics(), lease, guard)
+    app = create_webhook_app(
+        policy, new_metrics(), lease, guard, materialise_listeners=args.materialise_listeners
+    )
     reloader = tls.CertificateReloader(context, files)
     try:
         asyncio.run(_serve(app, host, port, context, reloader))

@@ -47,6 +47,7 @@ from extender.webhook.app import route_decision as webhook_decision
 from extender.webhook.command import guard_from_args, policy_from_args
 from extender.webhook.guard import DENIALS, NOT_A_POD_DELETE, NOT_A_SCHEDULER, GuardPolicy
 from extender.webhook.lease import LeaseWatch
+from tests.core.test_listeners import CASES as LISTEN_CASES
 from tests.webhook.test_guard import GUARD_CASES
 from tests.webhook.test_webhook import CASES
 
@@ -111,6 +112,12 @@ def find(objects: list[RawObject], kind: str, name: str | None = None) -> RawObj
     ]
     assert len(matches) == 1, f"want one {kind} {name or ''}, found {len(matches)}"
     return matches[0]
+
+
+def named(objects: list[RawObject], kind: str, name: str) -> RawObject:
+    """The one object of `kind` called exactly `name`."""
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
 
 
 def container(pod_spec: RawObject, name: str) -> RawObject:
@@ -394,7 +401,7 @@ def test_second_scheduler_deployment(rendered: dict[str, list[RawObject]]) -> No
 def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
     """failurePolicy Ignore, short timeout, v1 reviews, and it reaches the webhook's /mutate."""
     objects = rendered["default"]
-    (hook,) = find(objects, "MutatingWebhookConfiguration")["webhooks"]
+    (hook,) = named(objects, "MutatingWebhookConfiguration", "hostport-extender")["webhooks"]
     assert hook["failurePolicy"] == "Ignore"
     assert hook["timeoutSeconds"] <= 5
     assert hook["admissionReviewVersions"] == ["v1"]
@@ -527,7 +534,8 @@ def test_webhook_is_called_for_exactly_the_pods_it_routes(
     rendered: dict[str, list[RawObject]], raw_pod: RawObject, namespace: str, reason: str
 ) -> None:
     """Selectors and CEL match conditions let through exactly the pods the webhook would route."""
-    (hook,) = find(rendered["default"], "MutatingWebhookConfiguration")["webhooks"]
+    configuration = named(rendered["default"], "MutatingWebhookConfiguration", "hostport-extender")
+    (hook,) = configuration["webhooks"]
     args = parse_cli(["webhook", "--tls-cert", "c", "--tls-key", "k"])
     decision = webhook_decision(raw_pod, namespace, policy_from_args(args))
     assert decision.reason == reason
@@ -579,6 +587,43 @@ def test_guard_configuration(rendered: dict[str, list[RawObject]], overlay: str)
         assert not any(o["kind"] == "MutatingWebhookConfiguration" for o in objects)
 
 
+def test_listen_webhook_is_opt_in_per_namespace(rendered: dict[str, list[RawObject]]) -> None:
+    """/materialise is served, reached only from labelled namespaces, and off in the server."""
+    objects = rendered["default"]
+    (hook,) = named(objects, "MutatingWebhookConfiguration", "hostport-extender-listen")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["clientConfig"]["service"]["path"] in served_webhook_paths()
+    assert hook["namespaceSelector"] == {"matchLabels": {"hostports.dev/materialise": "enabled"}}
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    args = parse_cli(container(deployment["spec"]["template"]["spec"], "webhook")["args"])
+    assert args.materialise_listeners is False, "opt-in: the README says how to turn it on"
+
+
+@pytest.mark.parametrize(
+    ("raw_pod", "added"), [(c[1], c[2]) for c in LISTEN_CASES], ids=[c[0] for c in LISTEN_CASES]
+)
+def test_listen_webhook_is_called_for_every_pod_it_would_change(
+    rendered: dict[str, list[RawObject]], raw_pod: RawObject, added: list[str]
+) -> None:
+    """The CEL condition lets through every pod the plan changes (and only annotated ones)."""
+    configuration = named(
+        rendered["default"], "MutatingWebhookConfiguration", "hostport-extender-listen"
+    )
+    (hook,) = configuration["webhooks"]
+    env = celpy.Environment()
+    activation = {"object": json_to_cel(raw_pod)}
+    called = all(
+        bool(env.program(env.compile(c["expression"])).evaluate(activation))
+        for c in hook["matchConditions"]
+    )
+    if added:
+        assert called
+    annotations = raw_pod["metadata"].get("annotations", {})
+    if "hostports.dev/listen" not in annotations or not raw_pod["spec"].get("hostNetwork"):
+        assert not called
+
+
 def guard_is_called(hook: RawObject, review: RawObject) -> bool:
     """Whether the API server would send this request to the guard (rules, then CEL)."""
     request = review["request"]
@@ -627,8 +672,13 @@ def test_cert_manager_overlay_wires_the_certificate(rendered: dict[str, list[Raw
     (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
     assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
     meta = certificate["metadata"]
-    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        configuration = find(objects, kind)
+    configurations = [
+        o
+        for o in objects
+        if o["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+    ]
+    assert len(configurations) == 3
+    for configuration in configurations:
         annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
         assert annotation == f"{meta['namespace']}/{meta['name']}"
     (hook,) = configuration["webhooks"]

@@ -59,7 +59,7 @@ def test_schema_keys_are_stable(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(check) == ["fits", "nodes", "approximate", "workloads", "skipped"]
     assert list(check["workloads"][0]) == [
         "kind", "namespace", "name", "source", "host_ports", "replicas", "exclusive", "fits",
-        "summary", "blocked", "free", "untargeted", "replacing",
+        "summary", "blocked", "free", "untargeted", "replacing", "would_declare", "declare_notes",
     ]  # fmt: skip
 
 

@@ -248,9 +248,13 @@ async def serving(
     lease: LeaseWatch,
     policy: RoutingPolicy = POLICY,
     guard: GuardPolicy | None = None,
+    *,
+    materialise_listeners: bool = False,
 ) -> AsyncIterator[str]:
     """The webhook app on 127.0.0.1 over HTTPS; yields its base URL."""
-    app = create_webhook_app(policy, new_metrics(), lease, guard)
+    app = create_webhook_app(
+        policy, new_metrics(), lease, guard, materialise_listeners=materialise_listeners
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     context = tls.server_context(tls.TLSFiles(pki.server_cert, pki.server_key))
