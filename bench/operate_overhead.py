@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from extender.core.cluster import Cluster
+from extender.core.routing import RoutingPolicy
 from extender.kube.snapshot import load_objects
 from extender.server import tls
 from extender.server.app import create_app
@@ -30,7 +31,7 @@ from extender.server.metrics import Metrics, new_metrics
 from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.webhook import certs
-from extender.webhook.app import RoutingPolicy, create_webhook_app
+from extender.webhook.app import create_webhook_app
 from extender.webhook.lease import LeaseRecord, LeaseWatch
 
 ROOT = Path(__file__).resolve().parent.parent

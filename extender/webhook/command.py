@@ -20,20 +20,20 @@ from aiohttp import web
 
 from extender import logs
 from extender.core.portspec import parse_port_specs
-from extender.errors import ExtenderError, PortSpecError
-from extender.kube.kubeapi import KubeApi
-from extender.kube.kubeauth import load_connection
-from extender.server import tls
-from extender.server.metrics import new_metrics
-from extender.webhook.app import (
+from extender.core.routing import (
     DEFAULT_BOOTSTRAP_DAEMONSETS,
     DEFAULT_BOOTSTRAP_LABELS,
     DEFAULT_EXCLUDED_NAMESPACES,
     ROUTED_SCHEDULER,
     SELF_LABEL,
     RoutingPolicy,
-    create_webhook_app,
 )
+from extender.errors import ExtenderError, PortSpecError
+from extender.kube.kubeapi import KubeApi
+from extender.kube.kubeauth import load_connection
+from extender.server import tls
+from extender.server.metrics import new_metrics
+from extender.webhook.app import create_webhook_app
 from extender.webhook.guard import DEFAULT_SCHEDULER_ACCOUNTS, GuardPolicy
 from extender.webhook.lease import (
     DEFAULT_LEASE,

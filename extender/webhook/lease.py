@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from extender.core.routing import ALIVE, LEASE_MISSING, LEASE_STALE, LEASE_UNREADABLE
 from extender.errors import ExtenderError
 from extender.kube.kubeapi import ApiStatusError, KubeApi, KubeApiError
 
@@ -33,13 +34,6 @@ DEFAULT_POLL_SECONDS = 5.0
 """Added to the 2 x leaseDuration window (30 s with kube-scheduler's defaults) at worst."""
 FRESH_DURATIONS = 2
 """A Lease is fresh while renewTime is at most this many leaseDurationSeconds old."""
-
-# The liveness verdicts; also routing reasons (bounded, so they label metrics).
-ALIVE = "alive"
-LEASE_MISSING = "scheduler-lease-missing"
-LEASE_UNREADABLE = "scheduler-lease-unreadable"
-LEASE_STALE = "scheduler-lease-stale"
-NOT_ALIVE = (LEASE_MISSING, LEASE_UNREADABLE, LEASE_STALE)
 
 
 @dataclass(frozen=True, slots=True)

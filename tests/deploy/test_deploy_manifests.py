@@ -28,12 +28,7 @@ from extender import cli
 from extender.core.cluster import Cluster
 from extender.core.pods import decode_node
 from extender.core.portspec import parse_port_specs
-from extender.server.app import VERBS, create_app
-from extender.server.binding import SnapshotBinder
-from extender.server.metrics import new_metrics
-from extender.server.readiness import AlwaysReady
-from extender.settings import Settings
-from extender.webhook.app import (
+from extender.core.routing import (
     DEFAULT_BOOTSTRAP_DAEMONSETS,
     DEFAULT_BOOTSTRAP_LABELS,
     DEFAULT_EXCLUDED_NAMESPACES,
@@ -41,9 +36,14 @@ from extender.webhook.app import (
     ROUTED_SCHEDULER,
     SELF_LABEL,
     RoutingPolicy,
-    create_webhook_app,
 )
-from extender.webhook.app import route_decision as webhook_decision
+from extender.core.routing import route_decision as webhook_decision
+from extender.server.app import VERBS, create_app
+from extender.server.binding import SnapshotBinder
+from extender.server.metrics import new_metrics
+from extender.server.readiness import AlwaysReady
+from extender.settings import Settings
+from extender.webhook.app import create_webhook_app
 from extender.webhook.command import guard_from_args, policy_from_args
 from extender.webhook.guard import DENIALS, NOT_A_POD_DELETE, NOT_A_SCHEDULER, GuardPolicy
 from extender.webhook.lease import LeaseWatch

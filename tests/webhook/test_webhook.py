@@ -20,32 +20,30 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from extender.kube.kubeapi import KubeApi
-from extender.kube.kubeauth import load_connection
-from extender.server import tls
-from extender.server.metrics import new_metrics
-from extender.webhook import command as webhook_cli
-from extender.webhook.app import (
+from extender.core.routing import (
+    ALIVE,
     ALREADY_ROUTED,
     BOOTSTRAP_POD,
     EXCLUDED_NAMESPACE,
     EXTENDER_POD,
+    LEASE_MISSING,
+    LEASE_STALE,
+    LEASE_UNREADABLE,
     NO_HOST_PORTS,
     NODE_NAME_SET,
     OTHER_SCHEDULER,
     ROUTED,
     RoutingPolicy,
-    create_webhook_app,
     route_decision,
 )
+from extender.kube.kubeapi import KubeApi
+from extender.kube.kubeauth import load_connection
+from extender.server import tls
+from extender.server.metrics import new_metrics
+from extender.webhook import command as webhook_cli
+from extender.webhook.app import create_webhook_app
 from extender.webhook.guard import GuardPolicy
-from extender.webhook.lease import (
-    ALIVE,
-    LEASE_MISSING,
-    LEASE_STALE,
-    LEASE_UNREADABLE,
-    LeaseWatch,
-)
+from extender.webhook.lease import LeaseWatch
 from tests.conftest import start_command
 from tests.fakeapi import FakeApiServer, eventually
 from tests.pki import PKI, SERVICE_NAME
