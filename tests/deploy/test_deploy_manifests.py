@@ -984,3 +984,32 @@ def test_schema_check_catches_a_misspelt_field() -> None:
         "d.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem: "
         "no such field in V1SecurityContext"
     ]
+
+
+async def test_walkthrough_sample_keeps_the_agent_off_the_protected_ingress(
+    aiohttp_client: Any,
+) -> None:
+    """The README's EKS walkthrough answer: the agent's pod for an ingress node is refused as
+    unresolvable (no preemption can help), naming the ingress pod that holds :80."""
+    loaded = yaml.safe_load((CONFIG / "samples/eks-routed-cluster.yaml").read_text())["items"]
+    cluster = Cluster(Settings())
+    cluster.nodes.replace([o for o in loaded if o["kind"] == "Node"])
+    cluster.pods.replace([o for o in loaded if o["kind"] == "Pod"])
+    app = create_app(cluster, Settings(), binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    client = await aiohttp_client(app)
+    (agent,) = [o for o in loaded if o["metadata"]["name"] == "eks-pod-identity-agent-b9w4n"]
+    response = await client.post(
+        "/filter", json={"Pod": agent, "NodeNames": ["ip-10-0-2-11.ec2.internal"]}
+    )
+    answer: RawObject = await response.json()
+    assert answer == {
+        "FailedNodes": {},
+        "FailedAndUnresolvableNodes": {
+            "ip-10-0-2-11.ec2.internal": "80/TCP on every address is held by hostPort pod "
+            "ingress-nginx/ingress-nginx-controller-5f8b9-k2x7p"
+        },
+        "Error": "",
+        "NodeNames": [],
+    }
+    readme = (ROOT / "README.md").read_text()
+    assert json.dumps(answer, separators=(",", ":")) in readme
