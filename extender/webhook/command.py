@@ -29,8 +29,6 @@ from extender.core.routing import (
     RoutingPolicy,
 )
 from extender.errors import ExtenderError, PortSpecError
-from extender.kube.kubeapi import KubeApi
-from extender.kube.kubeauth import load_connection
 from extender.server import tls
 from extender.server.metrics import new_metrics
 from extender.webhook.app import create_webhook_app
@@ -215,6 +213,10 @@ def lease_from_args(args: argparse.Namespace) -> LeaseWatch:
         lease.record = LeaseRecord("missing", detail="--scheduler-lease none: routing is off")
         return lease
     namespace, name = parse_lease_name(args.scheduler_lease)
+    # Imported here: loading `kubernetes` is for the command that needs it (see agent --once).
+    from extender.kube.kubeapi import KubeApi  # noqa: PLC0415
+    from extender.kube.kubeauth import load_connection  # noqa: PLC0415
+
     connection = load_connection(args.kubeconfig, args.context)
     api = KubeApi(connection, request_timeout=LEASE_REQUEST_TIMEOUT)
     return LeaseWatch(api, namespace, name, poll_seconds=args.lease_poll_seconds)

@@ -20,12 +20,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from extender.core.routing import ALIVE, LEASE_MISSING, LEASE_STALE, LEASE_UNREADABLE
 from extender.errors import ExtenderError
-from extender.kube.kubeapi import ApiStatusError, KubeApi, KubeApiError
+
+if TYPE_CHECKING:
+    from extender.kube.kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,10 @@ class LeaseWatch:
         """Read the Lease once and cache what it says (never raises for API trouble)."""
         if self.api is None:
             raise LeaseWatchError("LeaseWatch has no API client")
+        # Here, not at the top: every subcommand imports this module, and the API client pulls
+        # in `kubernetes`, which `agent --once` must not load.
+        from extender.kube.kubeapi import ApiStatusError, KubeApiError  # noqa: PLC0415
+
         try:
             raw_lease = await self.api.get(self.path)
         except ApiStatusError as error:
