@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,6 +219,7 @@ MATERIALISE_KEY = web.AppKey("materialise_listeners", bool)
 GUARD_KEY = web.AppKey("guard_policy", GuardPolicy)
 LEASE_KEY = web.AppKey("scheduler_lease", LeaseWatch)
 COUNTERS_KEY = web.AppKey("webhook_counters", WebhookCounters)
+MAX_DENIAL_KEYS = 4096
 
 
 async def read_review(request: web.Request) -> tuple[object, Mapping[str, Any]]:
@@ -287,6 +289,32 @@ async def materialise(request: web.Request) -> web.Response:
     return web.json_response(review, dumps=_dumps)
 
 
+class DenialLog:
+    """Which refusals to log at warning: a refused scheduler retries its DELETE 55-80 times a
+    second (protocol.md §1.12), so each pod's refusal is a warning once a minute, then debug
+    (the counter still counts every one)."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+
+    def first(self, key: str) -> bool:
+        """True when `key` was not logged in the last interval (and remember it now)."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) >= MAX_DENIAL_KEYS:
+            # Bounded: forget the keys whose interval is over (a flood of distinct pods).
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
+        self._last[key] = now
+        return True
+
+
+DENIAL_LOG_KEY = web.AppKey("denial_log", DenialLog)
+
+
 async def validate(request: web.Request) -> web.Response:
     """POST /validate: the preemption guard on pod DELETE; malformed input gets 400."""
     try:
@@ -295,8 +323,12 @@ async def validate(request: web.Request) -> web.Response:
     except ReviewError as error:
         return bad_review(error)
     user_info = request_info.get("userInfo")
+    pod_key = f"{request_info.get('namespace')}/{request_info.get('name')}"
+    level = logging.INFO
+    if not decision.allowed:
+        level = logging.WARNING if request.app[DENIAL_LOG_KEY].first(pod_key) else logging.DEBUG
     log.log(
-        logging.INFO if decision.allowed else logging.WARNING,
+        level,
         "guard %s%s",
         decision.reason,
         f": {decision.message}" if decision.message else "",
@@ -374,6 +406,7 @@ def create_webhook_app(
     app[GUARD_KEY] = guard if guard is not None else GuardPolicy()
     app[LEASE_KEY] = lease
     app[COUNTERS_KEY] = WebhookCounters.register(metrics)
+    app[DENIAL_LOG_KEY] = DenialLog()
     metrics_install(app, metrics)
     metrics.registry.register(_LeaseGauges(lease))
     app.cleanup_ctx.append(_lease_refresher)

@@ -4,6 +4,7 @@ evictions, decided in a table and answered over real HTTPS as AdmissionReview v1
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from extender.core.portspec import parse_port_specs
+from extender.webhook.app import DenialLog
 from extender.webhook.guard import (
     DENIED_PROTECTED,
     DENIED_PROTECTED_PORT,
@@ -310,3 +312,32 @@ async def test_malformed_delete_reviews_get_a_clear_400(
         guard_url, pki, json.dumps(delete_review(ANNOTATED, USER)).encode(), "/validate"
     )
     assert status == 200
+
+
+async def test_a_retrying_scheduler_is_logged_once_and_counted_every_time(
+    pki: PKI, guard_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused scheduler retries in a tight loop: one warning per pod, every refusal counted."""
+    caplog.set_level(logging.DEBUG, logger="extender.webhook.app")
+    body = json.dumps(delete_review(ANNOTATED, SCHEDULER)).encode()
+    for _ in range(5):
+        await post(guard_url, pki, body, "/validate")
+    other = json.dumps(delete_review(victim(name="other", protected="true"), SCHEDULER)).encode()
+    await post(guard_url, pki, other, "/validate")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in warnings] == ["guard denied-protected"] * 2
+    assert [getattr(r, "pod", None) for r in warnings] == [ANNOTATED["metadata"]["name"], "other"]
+    metrics = await get_metrics(guard_url, pki)
+    assert 'hostport_extender_guard_decisions_total{decision="denied-protected"} 6.0' in metrics
+
+
+def test_denial_log_warns_again_after_the_interval() -> None:
+    """Once the interval has passed, the same pod's refusal is a warning again."""
+    now = [0.0]
+    denials = DenialLog(interval=60.0, clock=lambda: now[0])
+    assert denials.first("ns/a") is True
+    now[0] = 59.0
+    assert denials.first("ns/a") is False
+    assert denials.first("ns/b") is True
+    now[0] = 60.0
+    assert denials.first("ns/a") is True
