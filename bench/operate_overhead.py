@@ -92,7 +92,7 @@ async def webhook_times(count: int, directory: Path) -> list[float]:
     server = tls.server_context(tls.TLSFiles(directory / "tls.crt", directory / "tls.key"))
     # A Lease renewed just now, held in the cache (no API server in this bench).
     lease = LeaseWatch(None, "hostport-system", "hostport-aware-scheduler")
-    lease.record = LeaseRecord("read", "bench", time.time(), 3600)
+    lease.record = LeaseRecord("read", "bench", time.time(), 3600, renewed_at=time.monotonic())
     app = create_webhook_app(RoutingPolicy(), new_metrics(), lease)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

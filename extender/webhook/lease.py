@@ -10,6 +10,12 @@ released or expired Lease) means "not alive": pods are left to the default sched
 The admission path never waits on the API: `LeaseWatch` re-reads the Lease every few seconds and
 keeps the last answer; `liveness()` only compares timestamps. A failed read replaces the cached
 answer at once (fail safe: after an error we do not route on old news).
+
+`renewTime` is written with the leader's clock, not ours. As client-go's leader election does,
+freshness is judged on our own monotonic clock from when we saw `renewTime` change (no later
+than the read before the change: conservative), so clock skew between the scheduler's node and
+the webhook's does not matter; only the very first read, which cannot have seen a change,
+estimates the Lease's age from the two wall clocks.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -45,10 +51,14 @@ class LeaseRecord:
     status: str
     holder: str = ""
     renew_time: float | None = None
-    """Seconds since the epoch, from `spec.renewTime` (the API server's clock, not ours)."""
+    """Seconds since the epoch, from `spec.renewTime` (the leader's clock, not ours)."""
     duration_seconds: int = 0
     detail: str = ""
     """Why it is missing or unreadable, for the log."""
+    renew_text: str = ""
+    """`spec.renewTime` as written: a different text is a renewal."""
+    renewed_at: float | None = None
+    """Our monotonic time by which that renewal had happened (set by LeaseWatch)."""
 
 
 UNKNOWN = LeaseRecord("unreadable", detail="not read yet")
@@ -73,18 +83,22 @@ def decode_lease(raw_lease: Mapping[str, Any]) -> LeaseRecord:
         holder=holder if isinstance(holder, str) else "",
         renew_time=renew_time,
         duration_seconds=duration if isinstance(duration, int) and duration > 0 else 0,
+        renew_text=renew_text if isinstance(renew_text, str) else "",
     )
 
 
 def liveness(record: LeaseRecord, now: float) -> str:
-    """ALIVE, or which way the scheduler is not: missing, unreadable or stale Lease."""
+    """ALIVE, or which way the scheduler is not: missing, unreadable or stale Lease.
+
+    `now` is on the clock `record.renewed_at` was set with (LeaseWatch: monotonic).
+    """
     if record.status == "missing":
         return LEASE_MISSING
     if record.status != "read":
         return LEASE_UNREADABLE
-    if not record.holder or record.renew_time is None or record.duration_seconds <= 0:
+    if not record.holder or record.renewed_at is None or record.duration_seconds <= 0:
         return LEASE_STALE
-    if now - record.renew_time > FRESH_DURATIONS * record.duration_seconds:
+    if now - record.renewed_at > FRESH_DURATIONS * record.duration_seconds:
         return LEASE_STALE
     return ALIVE
 
@@ -111,15 +125,18 @@ class LeaseWatch:
         name: str,
         *,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name
         self.poll_seconds = poll_seconds
         self.clock = clock
+        self.wall_clock = wall_clock
         self.record = UNKNOWN
         self.reads = 0
+        self._last_read_at: float | None = None
         self._last_verdict = ""
         self.path = (
             f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}"
@@ -131,10 +148,10 @@ class LeaseWatch:
         return liveness(self.record, self.clock())
 
     def age_seconds(self) -> float | None:
-        """Seconds since the Lease was last renewed (None when there is no renewTime)."""
-        if self.record.renew_time is None:
+        """Seconds since the Lease's last renewal, at most (None when there is none)."""
+        if self.record.renewed_at is None:
             return None
-        return max(0.0, self.clock() - self.record.renew_time)
+        return max(0.0, self.clock() - self.record.renewed_at)
 
     async def refresh(self) -> LeaseRecord:
         """Read the Lease once and cache what it says (never raises for API trouble)."""
@@ -152,10 +169,31 @@ class LeaseWatch:
         except KubeApiError as error:
             self.record = LeaseRecord("unreadable", detail=str(error))
         else:
-            self.record = decode_lease(raw_lease)
+            self.record = self._with_renewal(decode_lease(raw_lease))
+        self._last_read_at = self.clock()
         self.reads += 1
         self._log_change()
         return self.record
+
+    def _with_renewal(self, record: LeaseRecord) -> LeaseRecord:
+        """`record` with `renewed_at`: kept while renewTime stays, else when we saw it move."""
+        previous = self.record
+        if record.renew_time is None:
+            return record
+        if (
+            previous.status == "read"
+            and previous.renew_text == record.renew_text
+            and previous.holder == record.holder
+        ):
+            renewed_at = previous.renewed_at
+        elif previous.status == "read" and self._last_read_at is not None:
+            # Renewed since the last read: no earlier than that read, whatever the clocks say.
+            renewed_at = self._last_read_at
+        else:
+            # First sight: all we have is the leader's wall clock against ours.
+            age = max(0.0, self.wall_clock() - record.renew_time)
+            renewed_at = self.clock() - age
+        return replace(record, renewed_at=renewed_at)
 
     async def run(self) -> None:
         """Refresh every `poll_seconds` until cancelled."""

@@ -10,6 +10,7 @@ import copy
 import json
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -549,7 +550,9 @@ async def test_api_server_unreachable_means_not_routed(
 async def test_lease_is_read_in_the_background_not_per_admission(
     pki: PKI, fake: FakeApiServer, tmp_path: Path
 ) -> None:
-    """Admissions read the cached Lease; the scheduler going stale is noticed on the next poll."""
+    """Admissions read the cached Lease; a scheduler that stops renewing is noticed within
+    2 x leaseDuration, and routing resumes when it renews again."""
+    fake.put_lease(LEASE_NS, LEASE_NAME, holder="a", renewed=datetime.now(UTC), duration=1)
     lease = lease_watch(fake, tmp_path, poll_seconds=0.2)
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{LEASE_NAME}"
     async with serving(pki, lease) as url:
@@ -560,18 +563,39 @@ async def test_lease_is_read_in_the_background_not_per_admission(
         reads_after = sum(r.path == lease_path for r in fake.requests)
         # 20 admissions, a handful of background polls at most (they run every 0.2 s).
         assert reads_after - reads_before < 20
-        # The scheduler dies: its Lease stops being renewed and ages past 2 x duration.
-        set_lease(fake, "renewed 31 s ago (duration 15)")
-        reads = lease.reads
-        await eventually(lambda: lease.reads >= reads + 2)
+        # The scheduler dies: renewTime stops moving; 2 x 1 s later the webhook stops routing.
+        await eventually(lambda: lease.verdict() == LEASE_STALE, within=5)
         _, answer = await post(url, pki, json.dumps(review(pod(host_port=80))).encode())
         assert "patch" not in answer["response"]
-        # It comes back: routing resumes without a restart.
-        set_lease(fake, "fresh")
-        reads = lease.reads
-        await eventually(lambda: lease.reads >= reads + 2)
+        # A replica takes over and renews: routing resumes without a restart.
+        fake.put_lease(LEASE_NS, LEASE_NAME, holder="b", renewed=datetime.now(UTC), duration=1)
+        await eventually(lambda: lease.verdict() == ALIVE, within=5)
         _, answer = await post(url, pki, json.dumps(review(pod(host_port=80))).encode())
         assert answer["response"]["patchType"] == "JSONPatch"
+
+
+async def test_a_skewed_clock_does_not_stop_routing_while_the_lease_moves(
+    fake: FakeApiServer, tmp_path: Path
+) -> None:
+    """Freshness is judged by our clock from when renewTime moved: a webhook whose wall clock is
+    10 minutes ahead routes once it has seen one renewal, and stops when renewals stop."""
+    now = [1000.0]
+    lease = lease_watch(fake, tmp_path, clock=lambda: now[0], wall_clock=lambda: time.time() + 600)
+    assert lease.api is not None
+    async with lease.api:
+        await lease.refresh()
+        assert lease.verdict() == LEASE_STALE, "first sight: the wall clocks say 10 min old"
+        now[0] += 2
+        fake.put_lease(LEASE_NS, LEASE_NAME, holder="a", renewed=datetime.now(UTC))
+        await lease.refresh()
+        assert lease.verdict() == ALIVE
+        # Renewed between the two reads: counted from the earlier one (t=1000), conservatively.
+        now[0] += 27  # t=1029: 29 s without a renewal, 2 x 15 s is the limit
+        await lease.refresh()
+        assert lease.verdict() == ALIVE
+        now[0] += 2  # t=1031
+        await lease.refresh()
+        assert lease.verdict() == LEASE_STALE
 
 
 async def get_metrics(url: str, pki: PKI) -> str:
