@@ -70,6 +70,10 @@ LEASE_UNREADABLE = "scheduler-lease-unreadable"
 LEASE_STALE = "scheduler-lease-stale"
 NOT_ALIVE = (LEASE_MISSING, LEASE_UNREADABLE, LEASE_STALE)
 
+UNROUTED_ANNOTATION = "hostports.dev/unrouted"
+"""Set on a pod the webhook would have routed but did not, because the scheduler was not
+alive; the value is the reason (`scheduler-lease-stale`, ...)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:
@@ -168,8 +172,21 @@ def route_decision(
         return Decision(NO_HOST_PORTS)
     if liveness != ALIVE:
         # Fail safe: a scheduler that is down (or that we cannot see) would leave the pod Pending.
-        return Decision(liveness if liveness in NOT_ALIVE else NOT_ALIVE[1])
+        # The pod keeps the default scheduler and a note of why, for `audit` to report.
+        reason = liveness if liveness in NOT_ALIVE else LEASE_UNREADABLE
+        return Decision(reason, _unrouted_note(metadata, reason))
     # "add" also replaces an existing member (RFC 6902 4.1), so one op covers both cases.
     return Decision(
         ROUTED, ({"op": "add", "path": "/spec/schedulerName", "value": policy.scheduler_name},)
     )
+
+
+def _unrouted_note(metadata: object, reason: str) -> tuple[dict[str, Any], ...]:
+    """The JSON patch that records `reason` in the pod's UNROUTED_ANNOTATION."""
+    if not isinstance(metadata, Mapping):
+        return ()
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, Mapping):
+        path = "/metadata/annotations/" + UNROUTED_ANNOTATION.replace("~", "~0").replace("/", "~1")
+        return ({"op": "add", "path": path, "value": reason},)
+    return ({"op": "add", "path": "/metadata/annotations", "value": {UNROUTED_ANNOTATION: reason}},)

@@ -18,10 +18,11 @@ Two lists for the routing install (config/default), facts rather than faults:
   `hostports.dev/protected`, or a `protected_ports` port): the preemption guard refuses a
   scheduler's deletion of these.
 * unrouted: running host-port pods that the default scheduler placed although the webhook would
-  route them now. The API keeps no record of why a pod was not routed, so this is inferred: such
-  a pod was created while the hostport-aware scheduler's Lease was stale (or the webhook was
-  unreachable, or before the install). Listed only when some pod in the cluster is routed (the
-  install is in use); on a kubeadm install every pod is the default scheduler's anyway.
+  route them now. Why: the webhook notes it on the pod (`hostports.dev/unrouted`, e.g.
+  `scheduler-lease-stale`) when it leaves a pod alone because the scheduler is not alive; a pod
+  without the note was created while the webhook was unreachable, or before the install. Listed
+  only when some pod in the cluster is routed (the install is in use); on a kubeadm install
+  every pod is the default scheduler's anyway.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from extender.core.routing import (
     ALIVE,
     DEFAULT_SCHEDULER,
     ROUTED,
+    UNROUTED_ANNOTATION,
     RoutingPolicy,
     route_decision,
     uses_host_ports,
@@ -114,6 +116,7 @@ class Risk:
 
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+NO_NOTE = "no webhook note: created while the webhook was unreachable, or before the install"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +140,16 @@ class UnroutedPod:
     pod: str
     ports: str
     created: str
+    why: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"node": self.node, "pod": self.pod, "ports": self.ports, "created": self.created}
+        return {
+            "node": self.node,
+            "pod": self.pod,
+            "ports": self.ports,
+            "created": self.created,
+            "why": self.why,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +255,14 @@ def unrouted_pods(raw_pods: Sequence[RawObject], policy: RoutingPolicy) -> tuple
         if route_decision(unbound, namespace, policy, ALIVE).reason != ROUTED:
             continue
         pod = decode_pod(raw)
+        note = annotations.get(UNROUTED_ANNOTATION) if isinstance(annotations, Mapping) else None
         found.append(
             UnroutedPod(
                 str(spec["nodeName"]),
                 pod.key,
                 format_port_specs(claim.port_spec for claim in pod.claims),
                 str(metadata.get("creationTimestamp") or ""),
+                f"{note} (noted by the webhook)" if note else NO_NOTE,
             )
         )
     return tuple(sorted(found, key=lambda u: (u.node, u.pod)))

@@ -147,13 +147,12 @@ def audit_table(report: AuditReport, style: Style) -> str:
             + table(holder_headers, holder_rows, style)
         )
     if report.unrouted:
-        unrouted_rows = [(u.node, u.pod, u.ports or "-", u.created) for u in report.unrouted]
-        unrouted_headers = ("NODE", "POD", "HOLDS", "CREATED")
+        unrouted_rows = [(u.node, u.pod, u.ports or "-", u.created, u.why) for u in report.unrouted]
+        unrouted_headers = ("NODE", "POD", "HOLDS", "CREATED", "WHY")
         lines.append(
             "\n"
             + style.bold("PLACED BY THE DEFAULT SCHEDULER")
-            + " (the webhook would route them now: created while the hostport-aware"
-            " scheduler's Lease was stale, the webhook was unreachable, or before the install)\n"
+            + " (the webhook would route them now)\n"
             + table(unrouted_headers, unrouted_rows, style)
         )
     return "".join(lines)

@@ -427,6 +427,7 @@ def test_routed_sample_lists_protected_holders_and_the_unrouted_pod(
             "pod": "monitoring/node-exporter-t6v2h",
             "ports": "9100/TCP",
             "created": "2026-12-01T08:12:40Z",
+            "why": "scheduler-lease-stale (noted by the webhook)",
         }
     ]
 
@@ -496,6 +497,16 @@ def test_unrouted_pods(raw: RawDict, listed: bool) -> None:
     loaded = build(Settings(), SnapshotObjects([node("n1")], [raw, ROUTED_NEIGHBOUR]))
     report = audit(loaded.cluster, raw_pods=[raw, ROUTED_NEIGHBOUR])
     assert [u.pod for u in report.unrouted] == ([f"{raw['metadata']['namespace']}/a"] * listed)
+
+
+def test_unrouted_without_a_note_says_what_it_may_mean() -> None:
+    """A pod the webhook never saw (unreachable, or created before the install) has no note."""
+    raw = pod("a", node="n1", ports=[port(80, 80)])
+    loaded = build(Settings(), SnapshotObjects([node("n1")], [raw, ROUTED_NEIGHBOUR]))
+    (unrouted,) = audit(loaded.cluster, raw_pods=[raw, ROUTED_NEIGHBOUR]).unrouted
+    assert unrouted.why == (
+        "no webhook note: created while the webhook was unreachable, or before the install"
+    )
 
 
 def test_unrouted_is_empty_without_routing_in_use() -> None:

@@ -32,8 +32,10 @@ from extender.core.routing import (
     LEASE_UNREADABLE,
     NO_HOST_PORTS,
     NODE_NAME_SET,
+    NOT_ALIVE,
     OTHER_SCHEDULER,
     ROUTED,
+    UNROUTED_ANNOTATION,
     RoutingPolicy,
     route_decision,
 )
@@ -51,6 +53,7 @@ from tests.pki import PKI, SERVICE_NAME
 from tests.webhook.conftest import LEASE_NAME, LEASE_NS
 
 POLICY = RoutingPolicy()
+ROUTED_HERE = "hostport-aware-scheduler|None"
 
 
 def pod(
@@ -126,6 +129,12 @@ def system_pod(**fields: Any) -> dict[str, Any]:
     return pod(host_network=True, namespace="kube-system", **fields)
 
 
+def annotated(raw_pod: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
+    """`raw_pod` with these annotations."""
+    raw_pod["metadata"]["annotations"] = annotations
+    return raw_pod
+
+
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("hostNetwork pod", pod(host_network=True), "apps", ROUTED),
     ("hostPort in a container", pod(host_port=80), "apps", ROUTED),
@@ -156,6 +165,12 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         ROUTED,
     ),
     ("kube-system: a bare hostNetwork pod", system_pod(), "kube-system", ROUTED),
+    (
+        "a pod with annotations already",
+        annotated(system_pod(), {"hostports.dev/listen": "80/TCP@169.254.170.23"}),
+        "kube-system",
+        ROUTED,
+    ),
     # Bootstrap components: by owning DaemonSet (any namespace) and by label.
     ("EKS VPC CNI (aws-node)", system_pod(daemonset="aws-node"), "kube-system", BOOTSTRAP_POD),
     ("kube-proxy DaemonSet", system_pod(daemonset="kube-proxy"), "kube-system", BOOTSTRAP_POD),
@@ -201,7 +216,14 @@ def test_route_decision_under_each_lease_verdict(
     decision = route_decision(raw_pod, namespace, POLICY, liveness)
     want = liveness if reason == ROUTED and liveness != ALIVE else reason
     assert decision.reason == want
-    assert bool(decision.patch) == (want == ROUTED)
+    patched = apply_patch(raw_pod, list(decision.patch))
+    routed = want == ROUTED
+    assert (patched["spec"].get("schedulerName") == "hostport-aware-scheduler") == (
+        routed or reason == ALREADY_ROUTED
+    )
+    # A pod left to the default scheduler because the scheduler is down says so.
+    note = patched["metadata"].get("annotations", {}).get(UNROUTED_ANNOTATION)
+    assert note == (liveness if want in NOT_ALIVE else None)
 
 
 @pytest.mark.parametrize(
@@ -229,9 +251,24 @@ def apply_patch(raw_pod: dict[str, Any], patch: list[dict[str, Any]]) -> dict[st
         *parents, leaf = operation["path"].strip("/").split("/")
         target = result
         for part in parents:
-            target = target[part]
-        target[leaf] = operation["value"]
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        target[leaf.replace("~1", "/").replace("~0", "~")] = operation["value"]
     return result
+
+
+def answered_pod(raw_pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """The pod as the API server stores it after this webhook response."""
+    if "patch" not in response:
+        return raw_pod
+    assert response["patchType"] == "JSONPatch"
+    return apply_patch(raw_pod, json.loads(base64.b64decode(response["patch"])))
+
+
+def routed_to(raw_pod: dict[str, Any], response: dict[str, Any]) -> str | None:
+    """The schedulerName the stored pod names, and the unrouted note, as `name|note`."""
+    stored = answered_pod(raw_pod, response)
+    note = stored["metadata"].get("annotations", {}).get(UNROUTED_ANNOTATION)
+    return f"{stored['spec'].get('schedulerName')}|{note}"
 
 
 def lease_watch(fake: FakeApiServer, tmp_path: Path, **kwargs: Any) -> LeaseWatch:
@@ -528,7 +565,8 @@ async def test_routes_only_while_the_scheduler_lease_is_fresh(
         metrics = await get_metrics(url, pki)
     assert status == 200
     assert answer["response"]["allowed"] is True
-    assert ("patch" in answer["response"]) == (reason == ROUTED)
+    want = ROUTED_HERE if reason == ROUTED else f"default-scheduler|{reason}"
+    assert routed_to(raw_pod, answer["response"]) == want
     assert f'hostport_extender_admission_reviews_total{{decision="{reason}"}} 1.0' in metrics
     alive = 1.0 if reason == ROUTED else 0.0
     assert f"hostport_extender_webhook_scheduler_alive {alive}" in metrics
@@ -542,7 +580,9 @@ async def test_api_server_unreachable_means_not_routed(
     await fake.go_down()
     async with serving(pki, lease) as url:
         _, answer = await post(url, pki, json.dumps(review(pod(host_port=80))).encode())
-    assert "patch" not in answer["response"]
+    assert routed_to(pod(host_port=80), answer["response"]) == (
+        "default-scheduler|scheduler-lease-unreadable"
+    )
     assert lease.verdict() == LEASE_UNREADABLE
     await fake.come_up()
 
@@ -559,19 +599,21 @@ async def test_lease_is_read_in_the_background_not_per_admission(
         reads_before = sum(r.path == lease_path for r in fake.requests)
         for _ in range(20):
             _, answer = await post(url, pki, json.dumps(review(pod(host_port=80))).encode())
-            assert answer["response"]["patchType"] == "JSONPatch"
+            assert routed_to(pod(host_port=80), answer["response"]) == ROUTED_HERE
         reads_after = sum(r.path == lease_path for r in fake.requests)
         # 20 admissions, a handful of background polls at most (they run every 0.2 s).
         assert reads_after - reads_before < 20
         # The scheduler dies: renewTime stops moving; 2 x 1 s later the webhook stops routing.
         await eventually(lambda: lease.verdict() == LEASE_STALE, within=5)
         _, answer = await post(url, pki, json.dumps(review(pod(host_port=80))).encode())
-        assert "patch" not in answer["response"]
+        assert routed_to(pod(host_port=80), answer["response"]) == (
+            "default-scheduler|scheduler-lease-stale"
+        )
         # A replica takes over and renews: routing resumes without a restart.
         fake.put_lease(LEASE_NS, LEASE_NAME, holder="b", renewed=datetime.now(UTC), duration=1)
         await eventually(lambda: lease.verdict() == ALIVE, within=5)
         _, answer = await post(url, pki, json.dumps(review(pod(host_port=80))).encode())
-        assert answer["response"]["patchType"] == "JSONPatch"
+        assert routed_to(pod(host_port=80), answer["response"]) == ROUTED_HERE
 
 
 async def test_a_skewed_clock_does_not_stop_routing_while_the_lease_moves(
