@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from extender.core.cluster import Cluster
+from extender.core.routing import RoutingPolicy
 from extender.kube.snapshot import load_objects
 from extender.server import tls
 from extender.server.app import create_app
@@ -30,7 +31,8 @@ from extender.server.metrics import Metrics, new_metrics
 from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.webhook import certs
-from extender.webhook.app import RoutingPolicy, create_webhook_app
+from extender.webhook.app import create_webhook_app
+from extender.webhook.lease import LeaseRecord, LeaseWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 FILTER_BODY = (ROOT / "config/samples/filter-pod-identity-agent.json").read_bytes()
@@ -88,7 +90,11 @@ async def webhook_times(count: int, directory: Path) -> list[float]:
     (directory / "tls.key").write_bytes(serving.key_pem)
     (directory / "ca.crt").write_bytes(authority.cert_pem)
     server = tls.server_context(tls.TLSFiles(directory / "tls.crt", directory / "tls.key"))
-    runner = web.AppRunner(create_webhook_app(RoutingPolicy(), new_metrics()), access_log=None)
+    # A Lease renewed just now, held in the cache (no API server in this bench).
+    lease = LeaseWatch(None, "hostport-system", "hostport-aware-scheduler")
+    lease.record = LeaseRecord("read", "bench", time.time(), 3600, renewed_at=time.monotonic())
+    app = create_webhook_app(RoutingPolicy(), new_metrics(), lease)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server).start()
     try:

@@ -39,6 +39,7 @@ from extender.webhook import certs
 RawObject = dict[str, Any]
 
 KINDS = {"pods": "Pod", "nodes": "Node"}
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
 _FIELD_LABELS: dict[str, frozenset[str]] = {
     "pods": frozenset(
         {
@@ -268,6 +269,8 @@ class FakeApiServer:
         self.app.router.add_get("/api/v1/nodes/{name}", self._get_node)
         self.app.router.add_patch("/api/v1/nodes/{name}", self._patch_node)
         self.app.router.add_post("/api/v1/namespaces/{namespace}/pods/{name}/binding", self._bind)
+        self.leases: dict[str, RawObject] = {}
+        self.app.router.add_get(LEASE_PATH, self._get_lease)
         self.app.on_shutdown.append(self._on_shutdown)
         self._stopping = False
 
@@ -843,6 +846,47 @@ class FakeApiServer:
     def watchers(self) -> Iterator[_Watcher]:
         """The open watches (for tests that wait until a client is watching)."""
         return iter(list(self._watchers))
+
+    # -- leases (coordination.k8s.io/v1, GET only: what the webhook reads) -------------------
+
+    def put_lease(
+        self, namespace: str, name: str, *, holder: str, renewed: datetime, duration: int = 15
+    ) -> RawObject:
+        """Write a leader-election Lease as kube-scheduler's leader election does."""
+        self.rv += 1
+        key = f"{namespace}/{name}"
+        previous = self.leases.get(key)
+        micro = renewed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        meta = previous["metadata"] if previous else {
+            "name": name,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "creationTimestamp": renewed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }  # fmt: skip
+        lease = {
+            "kind": "Lease",
+            "apiVersion": "coordination.k8s.io/v1",
+            "metadata": {**meta, "resourceVersion": str(self.rv)},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": duration,
+                "acquireTime": previous["spec"]["acquireTime"] if previous else micro,
+                "renewTime": micro,
+                "leaseTransitions": 0,
+            },
+        }
+        self.leases[key] = lease
+        return _clone(lease)
+
+    def remove_lease(self, namespace: str, name: str) -> None:
+        del self.leases[f"{namespace}/{name}"]
+
+    async def _get_lease(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        lease = self.leases.get(f"{namespace}/{name}")
+        if lease is None:
+            raise _StatusError(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found')
+        return web.Response(body=orjson.dumps(lease), content_type="application/json")
 
 
 def _event_line(change: _Change, watcher: _Watcher) -> bytes | None:

@@ -155,6 +155,10 @@ class KubeApi:
         response = await self._send("GET", path, params=query, client_timeout=timeout)
         return WatchStream(response, path, self._max_line_bytes)
 
+    async def get(self, path: str) -> RawObject:
+        """GET one object (a 404 surfaces as ApiStatusError with status 404)."""
+        return await self._json("GET", path)
+
     async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
         """POST a v1.Binding with the pod's UID as precondition (a recreated pod is not bound)."""
         body = {

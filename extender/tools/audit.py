@@ -11,17 +11,40 @@ are not placements yet. Risks:
   host-network socket; conntrack entries from before keep sending clients to the old pod IP.
   Evidence comes from the index's history (the running extender) and from finished pods still
   listed on the node (a snapshot: evicted pods stay as `Failed`).
+
+Two lists for the routing install (config/default), facts rather than faults:
+
+* protected holders: running pods that hold host ports and are protected (annotation
+  `hostports.dev/protected`, or a `protected_ports` port): the preemption guard refuses a
+  scheduler's deletion of these.
+* unrouted: running host-port pods that the default scheduler placed although the webhook would
+  route them now. Why: the webhook notes it on the pod (`hostports.dev/unrouted`, e.g.
+  `scheduler-lease-stale`) when it leaves a pod alone because the scheduler is not alive; a pod
+  without the note was created while the webhook was unreachable, or before the install. Listed
+  only when some pod in the cluster is routed (the install is in use); on a kubeadm install
+  every pod is the default scheduler's anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from extender.core.cluster import Cluster
-from extender.core.pods import PodPorts
+from extender.core.pods import TERMINAL_PHASES, PodPorts, decode_pod
 from extender.core.ports import Claim, ClaimKind
+from extender.core.portspec import format_port_specs
+from extender.core.routing import (
+    ALIVE,
+    DEFAULT_SCHEDULER,
+    ROUTED,
+    UNROUTED_ANNOTATION,
+    RoutingPolicy,
+    route_decision,
+    uses_host_ports,
+)
+from extender.core.sinks import RawObject
 from extender.errors import ExtenderError
 from extender.tools.views import POD_KINDS, ClaimView, port_text, view_of
 
@@ -92,12 +115,51 @@ class Risk:
         }
 
 
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+NO_NOTE = "no webhook note: created while the webhook was unreachable, or before the install"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedHolder:
+    """A running pod the preemption guard protects, and the host ports it holds."""
+
+    node: str
+    pod: str
+    ports: str
+    why: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"node": self.node, "pod": self.pod, "ports": self.ports, "why": self.why}
+
+
+@dataclass(frozen=True, slots=True)
+class UnroutedPod:
+    """A host-port pod the default scheduler placed that the webhook would route now."""
+
+    node: str
+    pod: str
+    ports: str
+    created: str
+    why: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "pod": self.pod,
+            "ports": self.ports,
+            "created": self.created,
+            "why": self.why,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class AuditReport:
     nodes: int
     ephemeral_range: tuple[int, int]
     conflicts: tuple[Conflict, ...]
     risks: tuple[Risk, ...]
+    protected: tuple[ProtectedHolder, ...] = ()
+    unrouted: tuple[UnroutedPod, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -111,6 +173,8 @@ class AuditReport:
             "ephemeral_range": port_text(*self.ephemeral_range),
             "conflicts": [conflict.as_json() for conflict in self.conflicts],
             "risks": [risk.as_json() for risk in self.risks],
+            "protected": [holder.as_json() for holder in self.protected],
+            "unrouted": [pod.as_json() for pod in self.unrouted],
         }
 
 
@@ -118,9 +182,12 @@ def audit(
     cluster: Cluster,
     ephemeral_range: tuple[int, int] = DEFAULT_EPHEMERAL_RANGE,
     finished_pods: Sequence[PodPorts] = (),
+    raw_pods: Sequence[RawObject] = (),
+    routing: RoutingPolicy | None = None,
 ) -> AuditReport:
     """Conflicts and risks on every node. `finished_pods` are terminal pods decoded as if they
-    still ran (their claims are what they held), the snapshot's evidence of owner switches."""
+    still ran (their claims are what they held), the snapshot's evidence of owner switches;
+    `raw_pods` (when given) are checked against the routing policy for unrouted pods."""
     nodes = sorted(set(cluster.nodes_known) | set(cluster.index.node_names()))
     conflicts: list[Conflict] = []
     risks: list[Risk] = []
@@ -130,7 +197,81 @@ def audit(
         risks.extend(_ephemeral_risks(cluster, node, claims, ephemeral_range))
     risks.extend(_switch_risks(cluster, finished_pods))
     risks = sorted(_unique(risks), key=lambda r: (r.node, r.risk, r.claim.protocol, r.claim.first))
-    return AuditReport(len(nodes), ephemeral_range, tuple(conflicts), tuple(risks))
+    return AuditReport(
+        len(nodes),
+        ephemeral_range,
+        tuple(conflicts),
+        tuple(risks),
+        protected_holders(cluster),
+        unrouted_pods(raw_pods, routing or RoutingPolicy()),
+    )
+
+
+def protected_holders(cluster: Cluster) -> tuple[ProtectedHolder, ...]:
+    """Running pods with host ports that the guard protects, by node and pod."""
+    found: list[ProtectedHolder] = []
+    for uid, pod in cluster.pods_by_uid.items():
+        if not pod.node or pod.terminal or not pod.claims:
+            continue
+        held = format_port_specs(claim.port_spec for claim in pod.claims)
+        if uid in cluster.protected_uids:
+            found.append(ProtectedHolder(pod.node, pod.key, held, "hostports.dev/protected"))
+            continue
+        hits = [
+            claim.port_spec
+            for claim in pod.claims
+            if any(claim.collides(spec) for spec in cluster.protected_ports)
+        ]
+        if hits:
+            why = f"protected port {format_port_specs(hits)}"
+            found.append(ProtectedHolder(pod.node, pod.key, held, why))
+    return tuple(sorted(found, key=lambda h: (h.node, h.pod)))
+
+
+def unrouted_pods(raw_pods: Sequence[RawObject], policy: RoutingPolicy) -> tuple[UnroutedPod, ...]:
+    """Placed host-port pods of the default scheduler that `policy` would route if new."""
+    if not any(_scheduler_of(raw) == policy.scheduler_name for raw in raw_pods):
+        return ()
+    found: list[UnroutedPod] = []
+    for raw in raw_pods:
+        metadata = raw.get("metadata")
+        spec = raw.get("spec")
+        status = raw.get("status")
+        if not isinstance(metadata, Mapping) or not isinstance(spec, Mapping):
+            continue
+        phase = status.get("phase") if isinstance(status, Mapping) else None
+        annotations = metadata.get("annotations")
+        if (
+            phase in TERMINAL_PHASES
+            or not spec.get("nodeName")
+            or _scheduler_of(raw) != DEFAULT_SCHEDULER
+            or (isinstance(annotations, Mapping) and MIRROR_ANNOTATION in annotations)
+            or not uses_host_ports(raw)
+        ):
+            continue
+        # As the webhook saw it: before the scheduler set nodeName.
+        unbound = {**raw, "spec": {k: v for k, v in spec.items() if k != "nodeName"}}
+        namespace = str(metadata.get("namespace") or "default")
+        if route_decision(unbound, namespace, policy, ALIVE).reason != ROUTED:
+            continue
+        pod = decode_pod(raw)
+        note = annotations.get(UNROUTED_ANNOTATION) if isinstance(annotations, Mapping) else None
+        found.append(
+            UnroutedPod(
+                str(spec["nodeName"]),
+                pod.key,
+                format_port_specs(claim.port_spec for claim in pod.claims),
+                str(metadata.get("creationTimestamp") or ""),
+                f"{note} (noted by the webhook)" if note else NO_NOTE,
+            )
+        )
+    return tuple(sorted(found, key=lambda u: (u.node, u.pod)))
+
+
+def _scheduler_of(raw_pod: RawObject) -> str:
+    spec = raw_pod.get("spec")
+    name = spec.get("schedulerName") if isinstance(spec, Mapping) else None
+    return name if isinstance(name, str) and name else DEFAULT_SCHEDULER
 
 
 def _conflicts_on(cluster: Cluster, node: str, claims: list[Claim]) -> list[Conflict]:

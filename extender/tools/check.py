@@ -9,10 +9,11 @@ DaemonSet rolling update (delete, then create) releases them first.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from extender.core.cluster import Cluster
+from extender.core.listeners import ListenPlan, plan_listen_ports
 from extender.core.pods import TERMINAL_PHASES, PodShapeError, decode_pod
 from extender.core.portspec import format_port_specs
 from extender.core.sinks import RawObject
@@ -57,6 +58,8 @@ class WorkloadCheck:
     untargeted: tuple[UntargetedNode, ...]
     replacing: tuple[str, ...]
     """Its existing pods, whose ports are assumed released by the rollout."""
+    listen: ListenPlan = field(default_factory=ListenPlan)
+    """What the webhook's /materialise would declare from its hostports.dev/listen entries."""
 
     @property
     def fits(self) -> bool:
@@ -105,6 +108,11 @@ class WorkloadCheck:
             "free": list(self.free),
             "untargeted": [{"node": u.node, "reason": u.reason} for u in self.untargeted],
             "replacing": list(self.replacing),
+            "would_declare": [
+                {"port": p.spec, "name": p.name, "container": p.container_name}
+                for p in self.listen.added
+            ],
+            "declare_notes": [n for n in (self.listen.error, *self.listen.notes) if n],
         }
 
 
@@ -189,6 +197,7 @@ def check_workload(
         tuple(node for node in targeted if node not in held),
         tuple(untargeted),
         tuple(sorted(key for uid, key in own.items() if uid in cluster.pods_by_uid)),
+        plan_listen_ports(workload.raw_pod),
     )
 
 

@@ -127,7 +127,7 @@ def _one_shot(run: Run) -> Run:
 def run_audit(args: argparse.Namespace) -> int:
     ephemeral = parse_ephemeral_range(args.ephemeral_range)
     loaded = load(args)
-    report = audit(loaded.cluster, ephemeral, loaded.finished)
+    report = audit(loaded.cluster, ephemeral, loaded.finished, loaded.raw_pods)
     _emit(report.as_json(), args.output, lambda style: audit_table(report, style))
     return 0 if report.clean else 1
 

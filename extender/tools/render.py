@@ -104,7 +104,15 @@ def audit_table(report: AuditReport, style: Style) -> str:
         + (style.red(_plural(conflicts, "conflict")) if conflicts else style.green("no conflicts"))
         + ", "
         + (style.yellow(_plural(risks, "risk")) if risks else "no risks")
-        + f" (ephemeral range {report.ephemeral_range[0]}-{report.ephemeral_range[1]})\n"
+        + f" (ephemeral range {report.ephemeral_range[0]}-{report.ephemeral_range[1]})"
+        + (f", {_plural(len(report.protected), 'protected holder')}" if report.protected else "")
+        + (
+            ", "
+            + style.yellow(f"{len(report.unrouted)} placed without the hostport-aware scheduler")
+            if report.unrouted
+            else ""
+        )
+        + "\n"
     ]
     if report.conflicts:
         rows = [
@@ -129,6 +137,24 @@ def audit_table(report: AuditReport, style: Style) -> str:
         lines.append(
             "\n" + style.bold("RISKS") + "\n" + table(risk_headers, risk_rows, style, paint)
         )
+    if report.protected:
+        holder_rows = [(h.node, h.pod, h.ports or "-", h.why) for h in report.protected]
+        holder_headers = ("NODE", "POD", "HOLDS", "PROTECTED BY")
+        lines.append(
+            "\n"
+            + style.bold("PROTECTED HOLDERS")
+            + " (a scheduler may not delete them)\n"
+            + table(holder_headers, holder_rows, style)
+        )
+    if report.unrouted:
+        unrouted_rows = [(u.node, u.pod, u.ports or "-", u.created, u.why) for u in report.unrouted]
+        unrouted_headers = ("NODE", "POD", "HOLDS", "CREATED", "WHY")
+        lines.append(
+            "\n"
+            + style.bold("PLACED BY THE DEFAULT SCHEDULER")
+            + " (the webhook would route them now)\n"
+            + table(unrouted_headers, unrouted_rows, style)
+        )
     return "".join(lines)
 
 
@@ -142,6 +168,11 @@ def check_table(report: CheckReport, style: Style) -> str:
             f"  host ports: {check.host_ports or 'none'}",
             f"  {verdict}",
         ]
+        listen = check.listen
+        if listen.added:
+            declared = ", ".join(f"{p.spec} ({p.name})" for p in listen.added)
+            lines.append(f"  with listen materialisation, declares: {declared}")
+        lines.extend(f"  listen materialisation: {n}" for n in (listen.error, *listen.notes) if n)
         if check.replacing:
             shown = ", ".join(check.replacing[:NAMES_SHOWN])
             more = len(check.replacing) - NAMES_SHOWN

@@ -1,7 +1,10 @@
-"""`hostport-extender webhook`: serve the routing webhook (/mutate) over HTTPS.
+"""`hostport-extender webhook`: serve the routing webhook (/mutate) and the preemption guard
+(/validate) over HTTPS.
 
 The API server only calls webhooks over HTTPS, so the certificate and key are required; they
-come from cert-manager or from `hostport-extender certs`.
+come from cert-manager or from `hostport-extender certs`. The webhook reads one object from the
+API server, the hostport-aware scheduler's Lease (in-cluster credentials, else a kubeconfig),
+and routes pods only while that Lease is fresh.
 """
 
 from __future__ import annotations
@@ -16,20 +19,34 @@ import sys
 from aiohttp import web
 
 from extender import logs
-from extender.errors import ExtenderError
-from extender.server import tls
-from extender.server.metrics import new_metrics
-from extender.webhook.app import (
+from extender.core.portspec import parse_port_specs
+from extender.core.routing import (
+    DEFAULT_BOOTSTRAP_DAEMONSETS,
+    DEFAULT_BOOTSTRAP_LABELS,
     DEFAULT_EXCLUDED_NAMESPACES,
     ROUTED_SCHEDULER,
     SELF_LABEL,
     RoutingPolicy,
-    create_webhook_app,
+)
+from extender.errors import ExtenderError, PortSpecError
+from extender.server import tls
+from extender.server.metrics import new_metrics
+from extender.webhook.app import create_webhook_app
+from extender.webhook.guard import DEFAULT_SCHEDULER_ACCOUNTS, GuardPolicy
+from extender.webhook.lease import (
+    DEFAULT_LEASE,
+    DEFAULT_POLL_SECONDS,
+    LeaseRecord,
+    LeaseWatch,
+    parse_lease_name,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
+NO_LEASE = "none"
+LEASE_REQUEST_TIMEOUT = 5.0
+"""A Lease read that takes longer is a failed read: the webhook must not hang on the API."""
 RELOAD_SECONDS = 30.0
 """How often to look for a renewed certificate; kubelet itself takes up to a minute to swap it."""
 
@@ -63,6 +80,64 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="KEY=VALUE",
         help="pods with this label are the extender's own and are never routed",
     )
+    parser.add_argument(
+        "--bootstrap-daemonset",
+        action="append",
+        metavar="NAME",
+        help="never route pods owned by a DaemonSet of this name (repeatable; replaces the "
+        "default list: " + ", ".join(sorted(DEFAULT_BOOTSTRAP_DAEMONSETS)) + ")",
+    )
+    parser.add_argument(
+        "--bootstrap-label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="never route pods with this label (repeatable; replaces the default list: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(DEFAULT_BOOTSTRAP_LABELS))
+        + ")",
+    )
+    parser.add_argument(
+        "--scheduler-lease",
+        default="/".join(DEFAULT_LEASE),
+        metavar="NAMESPACE/NAME",
+        help="the hostport-aware scheduler's leader-election Lease; pods are routed only while "
+        "it is fresh (default " + "/".join(DEFAULT_LEASE) + "; `none`: no second scheduler, "
+        "never route, serve only the preemption guard)",
+    )
+    parser.add_argument(
+        "--lease-poll-seconds",
+        type=float,
+        default=DEFAULT_POLL_SECONDS,
+        metavar="SECONDS",
+        help=f"how often to re-read the Lease (default {DEFAULT_POLL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--scheduler-service-account",
+        action="append",
+        metavar="NAMESPACE/NAME",
+        help="preemption guard: a second scheduler's ServiceAccount whose pod DELETEs are "
+        "checked like system:kube-scheduler's (repeatable; replaces the default "
+        + ", ".join("/".join(a) for a in sorted(DEFAULT_SCHEDULER_ACCOUNTS))
+        + ")",
+    )
+    parser.add_argument(
+        "--protected-ports",
+        default="",
+        metavar="SPECS",
+        help="preemption guard: pods holding these ports are protected, as if annotated "
+        "hostports.dev/protected (annotation syntax, e.g. 80/TCP,443/TCP)",
+    )
+    parser.add_argument(
+        "--materialise-listeners",
+        action="store_true",
+        help="/materialise declares a new hostNetwork pod's hostports.dev/listen entries as "
+        "container ports (only namespaces the webhook configuration selects; default off)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for reading the Lease (default: in-cluster, else $KUBECONFIG, "
+        "~/.kube/config)",
+    )
+    parser.add_argument("--context", help="kubeconfig context (default: current)")
     tls.add_arguments(parser, required=True)
     logs.add_arguments(parser)
     parser.set_defaults(run=run)
@@ -76,19 +151,75 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port_text)
 
 
+def parse_label(flag: str, text: str) -> tuple[str, str]:
+    """KEY=VALUE; ValueError naming the flag when it is not that."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise ValueError(f"{flag} {text!r}: want KEY=VALUE")
+    return key, value
+
+
 def policy_from_args(args: argparse.Namespace) -> RoutingPolicy:
     """The routing policy the flags describe."""
-    key, equals, value = args.self_label.partition("=")
-    if not equals or not key:
-        raise ValueError(f"--self-label {args.self_label!r}: want KEY=VALUE")
     excluded = args.exclude_namespace
+    daemonsets = args.bootstrap_daemonset
+    labels = args.bootstrap_label
     return RoutingPolicy(
         scheduler_name=args.scheduler_name,
         excluded_namespaces=(
             frozenset(excluded) if excluded is not None else DEFAULT_EXCLUDED_NAMESPACES
         ),
-        self_label=(key, value),
+        self_label=parse_label("--self-label", args.self_label),
+        bootstrap_daemonsets=(
+            frozenset(daemonsets) if daemonsets is not None else DEFAULT_BOOTSTRAP_DAEMONSETS
+        ),
+        bootstrap_labels=(
+            frozenset(parse_label("--bootstrap-label", text) for text in labels)
+            if labels is not None
+            else DEFAULT_BOOTSTRAP_LABELS
+        ),
     )
+
+
+def guard_from_args(args: argparse.Namespace) -> GuardPolicy:
+    """The preemption guard's policy the flags describe (PortSpecError for a bad port list)."""
+    accounts = args.scheduler_service_account
+    parsed = DEFAULT_SCHEDULER_ACCOUNTS
+    if accounts is not None:
+        pairs = []
+        for text in accounts:
+            namespace, slash, name = text.partition("/")
+            if not slash or not namespace or not name:
+                raise ValueError(f"--scheduler-service-account {text!r}: want NAMESPACE/NAME")
+            pairs.append((namespace, name))
+        parsed = frozenset(pairs)
+    try:
+        protected = parse_port_specs(args.protected_ports)
+    except PortSpecError as error:
+        raise ValueError(f"--protected-ports: {error}") from error
+    return GuardPolicy(scheduler_accounts=parsed, protected_ports=protected)
+
+
+def lease_from_args(args: argparse.Namespace) -> LeaseWatch:
+    """The Lease watch the flags describe, with an API client (KubeAuthError without config).
+
+    `--scheduler-lease none` (a cluster without a second scheduler, where only the preemption
+    guard is used) reads nothing and never routes.
+    """
+    if not args.lease_poll_seconds > 0:
+        raise ValueError(f"--lease-poll-seconds must be above 0, got {args.lease_poll_seconds}")
+    if args.scheduler_lease == NO_LEASE:
+        lease = LeaseWatch(None, "", NO_LEASE)
+        lease.record = LeaseRecord("missing", detail="--scheduler-lease none: routing is off")
+        return lease
+    namespace, name = parse_lease_name(args.scheduler_lease)
+    # Imported here: loading `kubernetes` is for the command that needs it (see agent --once).
+    from extender.kube.kubeapi import KubeApi  # noqa: PLC0415
+    from extender.kube.kubeauth import load_connection  # noqa: PLC0415
+
+    connection = load_connection(args.kubeconfig, args.context)
+    api = KubeApi(connection, request_timeout=LEASE_REQUEST_TIMEOUT)
+    return LeaseWatch(api, namespace, name, poll_seconds=args.lease_poll_seconds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,14 +228,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         policy = policy_from_args(args)
+        guard = guard_from_args(args)
         files = tls.files_from_args(args)
         if files is None:
             raise tls.TLSConfigError("the webhook needs --tls-cert and --tls-key")
         context = tls.server_context(files)
+        lease = lease_from_args(args)
     except (ValueError, ExtenderError) as error:
         print(f"hostport-extender webhook: error: {error}", file=sys.stderr)
         return 2
-    app = create_webhook_app(policy, new_metrics())
+    app = create_webhook_app(
+        policy, new_metrics(), lease, guard, materialise_listeners=args.materialise_listeners
+    )
     reloader = tls.CertificateReloader(context, files)
     try:
         asyncio.run(_serve(app, host, port, context, reloader))

@@ -27,13 +27,26 @@ from extender import cli
 from extender.core.cluster import Cluster
 from extender.core.pods import decode_node
 from extender.core.portspec import parse_port_specs
+from extender.core.routing import (
+    DEFAULT_BOOTSTRAP_DAEMONSETS,
+    DEFAULT_BOOTSTRAP_LABELS,
+    DEFAULT_EXCLUDED_NAMESPACES,
+    ROUTED,
+    ROUTED_SCHEDULER,
+    SELF_LABEL,
+    RoutingPolicy,
+)
+from extender.core.routing import route_decision as webhook_decision
 from extender.server.app import VERBS, create_app
 from extender.server.binding import SnapshotBinder
 from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
-from extender.webhook.app import DEFAULT_EXCLUDED_NAMESPACES, ROUTED, ROUTED_SCHEDULER, SELF_LABEL
-from extender.webhook.app import route_decision as webhook_decision
-from extender.webhook.command import policy_from_args
+from extender.webhook.app import create_webhook_app
+from extender.webhook.command import guard_from_args, policy_from_args
+from extender.webhook.guard import DENIALS, NOT_A_POD_DELETE, NOT_A_SCHEDULER, GuardPolicy
+from extender.webhook.lease import LeaseWatch
+from tests.core.test_listeners import CASES as LISTEN_CASES
+from tests.webhook.test_guard import GUARD_CASES
 from tests.webhook.test_webhook import CASES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +112,12 @@ def find(objects: list[RawObject], kind: str, name: str | None = None) -> RawObj
     return matches[0]
 
 
+def named(objects: list[RawObject], kind: str, name: str) -> RawObject:
+    """The one object of `kind` called exactly `name`."""
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
 def container(pod_spec: RawObject, name: str) -> RawObject:
     (found,) = [c for c in pod_spec["containers"] if c["name"] == name]
     assert isinstance(found, dict)
@@ -148,6 +167,7 @@ EXPECTED_KINDS = {
         "PodDisruptionBudget",
         "Service",
         "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
     },
     "kubeadm": {
         "Namespace",
@@ -156,6 +176,10 @@ EXPECTED_KINDS = {
         "ClusterRoleBinding",
         "ConfigMap",
         "DaemonSet",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "ValidatingWebhookConfiguration",
     },
     "monitoring": {"ConfigMap", "PodMonitor", "PrometheusRule"},
 }
@@ -177,7 +201,7 @@ def test_namespaced_objects_live_in_the_extender_namespace(
 ) -> None:
     """Everything namespaced is in hostport-system, bar the scheduler's kube-system reader."""
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-    cluster_scoped.add("MutatingWebhookConfiguration")
+    cluster_scoped |= {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
     for o in rendered[overlay]:
         if o["kind"] in cluster_scoped:
             assert "namespace" not in o["metadata"]
@@ -375,7 +399,7 @@ def test_second_scheduler_deployment(rendered: dict[str, list[RawObject]]) -> No
 def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
     """failurePolicy Ignore, short timeout, v1 reviews, and it reaches the webhook's /mutate."""
     objects = rendered["default"]
-    (hook,) = find(objects, "MutatingWebhookConfiguration")["webhooks"]
+    (hook,) = named(objects, "MutatingWebhookConfiguration", "hostport-extender")["webhooks"]
     assert hook["failurePolicy"] == "Ignore"
     assert hook["timeoutSeconds"] <= 5
     assert hook["admissionReviewVersions"] == ["v1"]
@@ -395,9 +419,18 @@ def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
         if e["key"] == "kubernetes.io/metadata.name"
     )
     assert set(excluded) == DEFAULT_EXCLUDED_NAMESPACES
-    assert hook["objectSelector"]["matchExpressions"] == [
-        {"key": SELF_LABEL[0], "operator": "NotIn", "values": [SELF_LABEL[1]]}
+    by_key: dict[str, list[str]] = {}
+    for key, value in DEFAULT_BOOTSTRAP_LABELS:
+        by_key.setdefault(key, []).append(value)
+    by_key[SELF_LABEL[0]] = [SELF_LABEL[1]]
+    expressions = hook["objectSelector"]["matchExpressions"]
+    assert sorted(expressions, key=lambda e: e["key"]) == [
+        {"key": key, "operator": "NotIn", "values": sorted(values)}
+        for key, values in sorted(by_key.items())
     ]
+    (bootstrap,) = [c for c in hook["matchConditions"] if c["name"] == "not-a-bootstrap-daemonset"]
+    names = set(re.findall(r"'([a-z0-9-]+)'", bootstrap["expression"]))
+    assert names == DEFAULT_BOOTSTRAP_DAEMONSETS
 
     service_ref = hook["clientConfig"]["service"]
     assert service_ref["path"] == "/mutate"
@@ -422,6 +455,39 @@ def test_webhook_configuration(rendered: dict[str, list[RawObject]]) -> None:
     assert policy.scheduler_name == ROUTED_SCHEDULER
     assert policy.excluded_namespaces == DEFAULT_EXCLUDED_NAMESPACES
     assert find(objects, "Namespace")["metadata"]["labels"]["hostports.dev/routing"] == "disabled"
+
+
+def test_webhook_reads_only_the_scheduler_lease(rendered: dict[str, list[RawObject]]) -> None:
+    """The webhook may `get` one Lease: the one the second scheduler's leader election writes."""
+    objects = rendered["default"]
+    election = scheduler_config(objects, "hostport-aware-scheduler-config")["leaderElection"]
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["automountServiceAccountToken"] is True
+    args = parse_cli(container(pod_spec, "webhook")["args"])
+    assert args.scheduler_lease == f"{election['resourceNamespace']}/{election['resourceName']}"
+    account = {
+        "kind": "ServiceAccount",
+        "name": pod_spec["serviceAccountName"],
+        "namespace": NAMESPACE,
+    }
+    bindings = [
+        o
+        for o in objects
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and account in o["subjects"]
+    ]
+    assert [(b["kind"], b["metadata"].get("namespace")) for b in bindings] == [
+        ("RoleBinding", election["resourceNamespace"])
+    ]
+    role = find(objects, "Role", bindings[0]["roleRef"]["name"])
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [election["resourceName"]],
+            "verbs": ["get"],
+        }
+    ]
 
 
 def selector_matches(selector: RawObject, labels: dict[str, str]) -> bool:
@@ -466,11 +532,134 @@ def test_webhook_is_called_for_exactly_the_pods_it_routes(
     rendered: dict[str, list[RawObject]], raw_pod: RawObject, namespace: str, reason: str
 ) -> None:
     """Selectors and CEL match conditions let through exactly the pods the webhook would route."""
-    (hook,) = find(rendered["default"], "MutatingWebhookConfiguration")["webhooks"]
+    configuration = named(rendered["default"], "MutatingWebhookConfiguration", "hostport-extender")
+    (hook,) = configuration["webhooks"]
     args = parse_cli(["webhook", "--tls-cert", "c", "--tls-key", "k"])
     decision = webhook_decision(raw_pod, namespace, policy_from_args(args))
     assert decision.reason == reason
     assert webhook_is_called(hook, raw_pod, namespace) == (reason == ROUTED)
+
+
+def served_webhook_paths() -> set[str]:
+    """The POST routes the real webhook application serves."""
+    lease = LeaseWatch(None, "", "none")
+    app = create_webhook_app(RoutingPolicy(), new_metrics(), lease, GuardPolicy())
+    return {
+        route.resource.canonical
+        for route in app.router.routes()
+        if route.method == "POST" and route.resource is not None
+    }
+
+
+@pytest.mark.parametrize("overlay", ["default", "kubeadm", "cert-manager"])
+def test_guard_configuration(rendered: dict[str, list[RawObject]], overlay: str) -> None:
+    """The guard: pod DELETEs only, Ignore on failure, the served /validate, the same users."""
+    objects = rendered[overlay]
+    (hook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["rules"] == [
+        {
+            "operations": ["DELETE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    service_ref = hook["clientConfig"]["service"]
+    assert service_ref["path"] in served_webhook_paths()
+    service = find(objects, "Service", service_ref["name"])
+    assert service["metadata"]["namespace"] == service_ref["namespace"]
+    assert service["spec"]["ports"][0]["port"] == service_ref["port"]
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    args = parse_cli(container(deployment["spec"]["template"]["spec"], "webhook")["args"])
+    (users,) = [c for c in hook["matchConditions"] if c["name"] == "scheduler-requests-only"]
+    assert set(re.findall(r"'([^']+)'", users["expression"])) == (
+        guard_from_args(args).scheduler_users
+    )
+    if overlay == "kubeadm":
+        assert args.scheduler_lease == "none", "no second scheduler there: never route"
+        assert not any(o["kind"] == "MutatingWebhookConfiguration" for o in objects)
+
+
+def test_listen_webhook_is_opt_in_per_namespace(rendered: dict[str, list[RawObject]]) -> None:
+    """/materialise is served, reached only from labelled namespaces, and off in the server."""
+    objects = rendered["default"]
+    (hook,) = named(objects, "MutatingWebhookConfiguration", "hostport-extender-listen")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["clientConfig"]["service"]["path"] in served_webhook_paths()
+    assert hook["namespaceSelector"] == {"matchLabels": {"hostports.dev/materialise": "enabled"}}
+    deployment = find(objects, "Deployment", "hostport-extender-webhook")
+    args = parse_cli(container(deployment["spec"]["template"]["spec"], "webhook")["args"])
+    assert args.materialise_listeners is False, "opt-in: the README says how to turn it on"
+
+
+@pytest.mark.parametrize(
+    ("raw_pod", "added"), [(c[1], c[2]) for c in LISTEN_CASES], ids=[c[0] for c in LISTEN_CASES]
+)
+def test_listen_webhook_is_called_for_every_pod_it_would_change(
+    rendered: dict[str, list[RawObject]], raw_pod: RawObject, added: list[str]
+) -> None:
+    """The CEL condition lets through every pod the plan changes (and only annotated ones)."""
+    configuration = named(
+        rendered["default"], "MutatingWebhookConfiguration", "hostport-extender-listen"
+    )
+    (hook,) = configuration["webhooks"]
+    env = celpy.Environment()
+    activation = {"object": json_to_cel(raw_pod)}
+    called = all(
+        bool(env.program(env.compile(c["expression"])).evaluate(activation))
+        for c in hook["matchConditions"]
+    )
+    if added:
+        assert called
+    annotations = raw_pod["metadata"].get("annotations", {})
+    if "hostports.dev/listen" not in annotations or not raw_pod["spec"].get("hostNetwork"):
+        assert not called
+
+
+def guard_is_called(hook: RawObject, review: RawObject) -> bool:
+    """Whether the API server would send this request to the guard (rules, then CEL)."""
+    request = review["request"]
+    resource = request["resource"]["resource"]
+    if request.get("subResource"):
+        resource += "/" + request["subResource"]
+    if not any(
+        request["operation"] in rule["operations"]
+        and request["resource"]["group"] in rule["apiGroups"]
+        and resource in rule["resources"]
+        for rule in hook["rules"]
+    ):
+        return False
+    env = celpy.Environment()
+    activation = {
+        "request": json_to_cel(request),
+        "object": json_to_cel(request["object"]),
+        "oldObject": json_to_cel(request["oldObject"]),
+    }
+    return all(
+        bool(env.program(env.compile(condition["expression"])).evaluate(activation))
+        for condition in hook["matchConditions"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("review", "reason"), [c[1:] for c in GUARD_CASES], ids=[c[0] for c in GUARD_CASES]
+)
+def test_guard_is_called_for_every_deletion_it_would_deny(
+    rendered: dict[str, list[RawObject]], review: RawObject, reason: str
+) -> None:
+    """Rules and CEL send the guard every scheduler DELETE it refuses, and no one else's."""
+    (hook,) = find(rendered["default"], "ValidatingWebhookConfiguration")["webhooks"]
+    called = guard_is_called(hook, review)
+    if reason in DENIALS:
+        assert called
+    if reason in (NOT_A_SCHEDULER, NOT_A_POD_DELETE):
+        assert not called
 
 
 def test_cert_manager_overlay_wires_the_certificate(rendered: dict[str, list[RawObject]]) -> None:
@@ -480,10 +669,16 @@ def test_cert_manager_overlay_wires_the_certificate(rendered: dict[str, list[Raw
     deployment = find(objects, "Deployment", "hostport-extender-webhook")
     (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
     assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
-    configuration = find(objects, "MutatingWebhookConfiguration")
-    annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
     meta = certificate["metadata"]
-    assert annotation == f"{meta['namespace']}/{meta['name']}"
+    configurations = [
+        o
+        for o in objects
+        if o["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+    ]
+    assert len(configurations) == 3
+    for configuration in configurations:
+        annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        assert annotation == f"{meta['namespace']}/{meta['name']}"
     (hook,) = configuration["webhooks"]
     service = hook["clientConfig"]["service"]
     assert f"{service['name']}.{service['namespace']}.svc" in certificate["spec"]["dnsNames"]
@@ -643,7 +838,7 @@ def test_workloads_pass_their_namespace_pod_security_level(
     for workload in workloads:
         pod_spec = workload["spec"]["template"]["spec"]
         violations = restricted_violations(pod_spec)
-        if level == "restricted":
+        if level == "restricted" or workload["kind"] == "Deployment":
             assert violations == [], workload["metadata"]["name"]
         else:
             # Privileged only because the kubeadm DaemonSet needs the host network.
@@ -713,6 +908,7 @@ CORE_KINDS = {
     "Role",
     "RoleBinding",
     "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 }
 
 
@@ -751,3 +947,32 @@ def test_schema_check_catches_a_misspelt_field() -> None:
         "d.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem: "
         "no such field in V1SecurityContext"
     ]
+
+
+async def test_walkthrough_sample_keeps_the_agent_off_the_protected_ingress(
+    aiohttp_client: Any,
+) -> None:
+    """The README's EKS walkthrough answer: the agent's pod for an ingress node is refused as
+    unresolvable (no preemption can help), naming the ingress pod that holds :80."""
+    loaded = yaml.safe_load((CONFIG / "samples/eks-routed-cluster.yaml").read_text())["items"]
+    cluster = Cluster(Settings())
+    cluster.nodes.replace([o for o in loaded if o["kind"] == "Node"])
+    cluster.pods.replace([o for o in loaded if o["kind"] == "Pod"])
+    app = create_app(cluster, Settings(), binder=SnapshotBinder(cluster), readiness=AlwaysReady())
+    client = await aiohttp_client(app)
+    (agent,) = [o for o in loaded if o["metadata"]["name"] == "eks-pod-identity-agent-b9w4n"]
+    response = await client.post(
+        "/filter", json={"Pod": agent, "NodeNames": ["ip-10-0-2-11.ec2.internal"]}
+    )
+    answer: RawObject = await response.json()
+    assert answer == {
+        "FailedNodes": {},
+        "FailedAndUnresolvableNodes": {
+            "ip-10-0-2-11.ec2.internal": "80/TCP on every address is held by hostPort pod "
+            "ingress-nginx/ingress-nginx-controller-5f8b9-k2x7p"
+        },
+        "Error": "",
+        "NodeNames": [],
+    }
+    readme = (ROOT / "README.md").read_text()
+    assert json.dumps(answer, separators=(",", ":")) in readme

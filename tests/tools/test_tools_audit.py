@@ -400,3 +400,117 @@ def test_a_port_declared_and_annotated_collides_once() -> None:
     assert pairs(audit_of([agent, ingress])) == [
         ("80/TCP", "*", "hostNetwork pod default/agent", "hostPort pod default/ingress")
     ]
+
+
+ROUTED_SAMPLE = str(REPO / "config" / "samples" / "eks-routed-cluster.yaml")
+
+
+def test_routed_sample_lists_protected_holders_and_the_unrouted_pod(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The walkthrough cluster: both protected ingress pods, and only the node-exporter pod the
+    default scheduler placed (bootstrap DaemonSets and the extender's own pods are expected)."""
+    code, report = run_json(["audit", "--snapshot", ROUTED_SAMPLE, "-o", "json"], capsys)
+    assert code == 0, "facts, not conflicts: the exit code stays 0"
+    assert report["protected"] == [
+        {
+            "node": f"ip-10-0-2-1{i}.ec2.internal",
+            "pod": f"ingress-nginx/ingress-nginx-controller-5f8b9-{suffix}",
+            "ports": "80/TCP,443/TCP",
+            "why": "hostports.dev/protected",
+        }
+        for i, suffix in ((1, "k2x7p"), (2, "q8m4d"))
+    ]
+    assert report["unrouted"] == [
+        {
+            "node": "ip-10-0-2-13.ec2.internal",
+            "pod": "monitoring/node-exporter-t6v2h",
+            "ports": "9100/TCP",
+            "created": "2026-12-01T08:12:40Z",
+            "why": "scheduler-lease-stale (noted by the webhook)",
+        }
+    ]
+
+
+def test_protected_ports_setting_protects_holders() -> None:
+    """With protected_ports, a pod holding one is listed, naming the port; others are not."""
+    pods = [
+        pod("web", node="n1", ports=[port(80, 80)]),
+        pod("dns", node="n1", ports=[port(53, 53, "UDP")]),
+        pod("queued", ports=[port(443, 443)]),
+    ]
+    report = audit_of(pods, protected_ports="80/TCP,443/TCP")
+    assert [(h.pod, h.ports, h.why) for h in report.protected] == [
+        ("default/web", "80/TCP", "protected port 80/TCP")
+    ]
+
+
+ROUTED_NEIGHBOUR = pod(
+    "routed", node="n1", ports=[port(81, 81)], scheduler_name="hostport-aware-scheduler"
+)
+
+
+def with_labels(raw: RawDict, **labels: str) -> RawDict:
+    raw["metadata"]["labels"] = labels
+    return raw
+
+
+UNROUTED_CASES: list[tuple[str, RawDict, bool]] = [
+    ("hostPort pod of the default scheduler", pod("a", node="n1", ports=[port(80, 80)]), True),
+    ("hostNetwork pod of the default scheduler", pod("a", node="n1", host_network=True), True),
+    ("still Pending", pod("a", ports=[port(80, 80)], phase="Pending"), False),
+    ("finished", pod("a", node="n1", ports=[port(80, 80)], phase="Failed"), False),
+    ("no host ports", pod("a", node="n1", ports=[port(8080)]), False),
+    (
+        "another scheduler",
+        pod("a", node="n1", ports=[port(80, 80)], scheduler_name="volcano"),
+        False,
+    ),
+    (
+        "a mirror (static) pod",
+        pod(
+            "a",
+            node="n1",
+            host_network=True,
+            annotations={"kubernetes.io/config.mirror": "0123abcd"},
+        ),
+        False,
+    ),
+    (
+        "a bootstrap pod (label)",
+        with_labels(pod("a", node="n1", host_network=True), **{"k8s-app": "kube-proxy"}),
+        False,
+    ),
+    (
+        "the extender's namespace",
+        pod("a", namespace="hostport-system", node="n1", host_network=True),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "listed"), [c[1:] for c in UNROUTED_CASES], ids=[c[0] for c in UNROUTED_CASES]
+)
+def test_unrouted_pods(raw: RawDict, listed: bool) -> None:
+    """Only placed host-port pods the webhook would route now are listed as unrouted."""
+    loaded = build(Settings(), SnapshotObjects([node("n1")], [raw, ROUTED_NEIGHBOUR]))
+    report = audit(loaded.cluster, raw_pods=[raw, ROUTED_NEIGHBOUR])
+    assert [u.pod for u in report.unrouted] == ([f"{raw['metadata']['namespace']}/a"] * listed)
+
+
+def test_unrouted_without_a_note_says_what_it_may_mean() -> None:
+    """A pod the webhook never saw (unreachable, or created before the install) has no note."""
+    raw = pod("a", node="n1", ports=[port(80, 80)])
+    loaded = build(Settings(), SnapshotObjects([node("n1")], [raw, ROUTED_NEIGHBOUR]))
+    (unrouted,) = audit(loaded.cluster, raw_pods=[raw, ROUTED_NEIGHBOUR]).unrouted
+    assert unrouted.why == (
+        "no webhook note: created while the webhook was unreachable, or before the install"
+    )
+
+
+def test_unrouted_is_empty_without_routing_in_use() -> None:
+    """When no pod names the hostport-aware scheduler (kubeadm), nothing is called unrouted."""
+    raw = pod("a", node="n1", ports=[port(80, 80)])
+    loaded = build(Settings(), SnapshotObjects([node("n1")], [raw]))
+    assert audit(loaded.cluster, raw_pods=[raw]).unrouted == ()

@@ -46,7 +46,9 @@ def test_json_and_yaml_are_the_same_document(
 def test_schema_keys_are_stable(capsys: pytest.CaptureFixture[str]) -> None:
     """The documented keys, in order: scripts may rely on them."""
     audit = json.loads(output(COMMANDS["audit"], "json", capsys))
-    assert list(audit) == ["clean", "nodes", "ephemeral_range", "conflicts", "risks"]
+    assert list(audit) == [
+        "clean", "nodes", "ephemeral_range", "conflicts", "risks", "protected", "unrouted",
+    ]  # fmt: skip
     assert list(audit["conflicts"][0]) == ["node", "protocol", "ports", "address", "claims"]
     assert list(audit["conflicts"][0]["claims"][0]) == CLAIM_KEYS
     assert list(audit["risks"][0]) == [
@@ -59,7 +61,7 @@ def test_schema_keys_are_stable(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(check) == ["fits", "nodes", "approximate", "workloads", "skipped"]
     assert list(check["workloads"][0]) == [
         "kind", "namespace", "name", "source", "host_ports", "replicas", "exclusive", "fits",
-        "summary", "blocked", "free", "untargeted", "replacing",
+        "summary", "blocked", "free", "untargeted", "replacing", "would_declare", "declare_notes",
     ]  # fmt: skip
 
 
