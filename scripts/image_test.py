@@ -270,6 +270,9 @@ def test_webhook() -> float:
             f"--tls-cert={TLS}/tls.crt",
             f"--tls-key={TLS}/tls.key",
             "--log-format=json",
+            # No API server here: routing waits for the scheduler's Lease, so it is off; the
+            # preemption guard needs none and is checked instead.
+            "--scheduler-lease=none",
             options=[
                 "--network=none",
                 f"--add-host={SERVICE}:127.0.0.1",
@@ -312,32 +315,75 @@ def test_webhook() -> float:
                     "dryRun": False,
                 },
             }
+            deletion = {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": "705ab4f5-6393-11e8-b7cc-42010a800003",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "ingress-nginx",
+                    "name": "ingress-nginx-controller-4xkq2",
+                    "operation": "DELETE",
+                    "userInfo": {"username": "system:kube-scheduler"},
+                    "object": None,
+                    "oldObject": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": "ingress-nginx-controller-4xkq2",
+                            "namespace": "ingress-nginx",
+                            "annotations": {"hostports.dev/protected": "true"},
+                        },
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "controller",
+                                    "image": "ingress-nginx",
+                                    "ports": [{"containerPort": 80, "hostPort": 80}],
+                                }
+                            ]
+                        },
+                    },
+                    "dryRun": False,
+                },
+            }
             (directory / "review.json").write_text(json.dumps(review))
+            (directory / "deletion.json").write_text(json.dumps(deletion))
             base = f"https://{SERVICE}:8443"
             answers = inside(
                 name,
                 [
                     ("POST", f"{base}/mutate", f"{TLS}/review.json"),
+                    ("POST", f"{base}/validate", f"{TLS}/deletion.json"),
                     ("GET", f"{base}/healthz", None),
                     ("GET", f"{base}/metrics", None),
                 ],
                 f"{TLS}/ca.crt",
             )
-            (status, body), healthz, (_, metrics) = answers
+            (status, body), (guard_status, guard_body), healthz, (_, metrics) = answers
             response = json.loads(body)["response"]
             check(
-                status == 200 and response["allowed"] and response["patchType"] == "JSONPatch",
-                "webhook: answers the review over HTTPS (CA and name verified) with a JSON patch",
+                status == 200 and response["allowed"],
+                "webhook: answers the review over HTTPS (CA and name verified), admitting the pod",
             )
-            patch = json.loads(base64.b64decode(response["patch"]))
+            patch = json.loads(base64.b64decode(response.get("patch") or "W10="))
             check(
-                any(op["path"] == "/spec/schedulerName" for op in patch),
-                "webhook: the patch routes the pod to another scheduler",
+                not any(op["path"] == "/spec/schedulerName" for op in patch),
+                "webhook: without the scheduler's Lease the pod stays with the default scheduler",
+            )
+            guard = json.loads(guard_body)["response"]
+            check(
+                guard_status == 200
+                and guard["allowed"] is False
+                and "ingress-nginx-controller-4xkq2" in guard["status"]["message"],
+                "webhook: /validate refuses the scheduler's DELETE of a protected pod, naming it",
             )
             check(healthz[0] == 200, "webhook: /healthz")
             check(
-                'hostport_extender_admission_reviews_total{decision="routed"} 1.0' in metrics,
-                "webhook: /metrics counts the routed review",
+                'hostport_extender_admission_reviews_total{decision="scheduler-lease-missing"} 1.0'
+                in metrics,
+                "webhook: /metrics counts the review left unrouted",
             )
         finally:
             code = stop(name, process)

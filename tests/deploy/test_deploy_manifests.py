@@ -39,6 +39,7 @@ from extender.core.routing import (
 from extender.core.routing import route_decision as webhook_decision
 from extender.server.app import VERBS, create_app
 from extender.server.binding import SnapshotBinder
+from extender.server.metrics import new_metrics
 from extender.server.readiness import AlwaysReady
 from extender.settings import Settings
 from extender.webhook.app import create_webhook_app

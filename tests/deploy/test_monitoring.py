@@ -366,6 +366,7 @@ async def test_dashboard_and_alerts_use_only_metrics_real_servers_export(
     snapshot = await child("serve", "--snapshot", str(SAMPLE), "--listen", "127.0.0.1:0")
     webhook = await child(
         "webhook", "--listen", "127.0.0.1:0", "--log-format", "json",
+        "--kubeconfig", str(kubeconfig),
         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
     )  # fmt: skip
     try:
@@ -375,6 +376,8 @@ async def test_dashboard_and_alerts_use_only_metrics_real_servers_export(
         live_url = re.search(r"on (http://\S+)", (await live.stdout.readline()).decode())
         snapshot_url = re.search(r"on (http://\S+)", (await snapshot.stdout.readline()).decode())
         record = json.loads(await webhook.stderr.readline())
+        while not record["msg"].startswith("webhook listening on "):  # the Lease's verdict first
+            record = json.loads(await webhook.stderr.readline())
         webhook_url = record["msg"].removeprefix("webhook listening on ").removesuffix("/mutate")
         assert live_url is not None
         assert snapshot_url is not None
