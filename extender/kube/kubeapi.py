@@ -155,6 +155,20 @@ class KubeApi:
         response = await self._send("GET", path, params=query, client_timeout=timeout)
         return WatchStream(response, path, self._max_line_bytes)
 
+    async def probe(self, *, within: float) -> str:
+        """One cheap request that must be answered: a `limit=1` LIST of nodes; returns its RV.
+
+        It takes the watches' path through authentication, authorisation and storage, so an answer
+        shows the server serves us right now; an open watch that stays quiet shows nothing.
+        """
+        path = "/api/v1/nodes"
+        raw_list = await self._json("GET", path, params={"limit": "1"}, total_seconds=within)
+        metadata = raw_list.get("metadata")
+        rv = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if not rv:
+            raise WatchStreamError(f"GET {path}: the list carries no resourceVersion")
+        return str(rv)
+
     async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
         """POST a v1.Binding with the pod's UID as precondition (a recreated pod is not bound)."""
         body = {
@@ -181,15 +195,16 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         body: RawObject | None = None,
         content_type: str = "application/json",
+        total_seconds: float | None = None,
     ) -> RawObject:
-        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        client_timeout = aiohttp.ClientTimeout(total=total_seconds or self._request_timeout)
         response = await self._send(
             method,
             path,
             params=params,
             body=body,
             content_type=content_type,
-            client_timeout=timeout,
+            client_timeout=client_timeout,
         )
         try:
             data = await response.read()

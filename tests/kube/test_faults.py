@@ -1,0 +1,149 @@
+"""Live mode under what a real API server does: stalls, credential rotation, 410 after 401s,
+a frozen extender. Each test runs the real app, informers and probe against the fake API server
+on the real clock, and checks what the scheduler would see: /readyz and the index."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extender.core.cluster import Cluster
+from extender.kube.informer import HEALTHY_WATCH_SECONDS, PODS
+from extender.kube.kubeauth import load_connection
+from extender.server.app import create_app
+from extender.server.live import Live
+from extender.settings import Settings
+from tests.conftest import ExtenderClient
+from tests.fakeapi import FakeApiServer, Pki, eventually
+from tests.kube.test_live import seed
+
+STALENESS = 1.5
+SLACK = 1.0
+"""Scheduling noise allowed on a shared 2-core machine on top of each bound."""
+
+
+@dataclass
+class Sleeper:
+    """The informers' backoff sleep: real, or cut to 10 ms while `fast` (to pile up backoff)."""
+
+    fast: bool = False
+    delays: list[float] = field(default_factory=list)
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0.01 if self.fast else delay)
+
+
+@dataclass
+class Running:
+    """A live extender on the real clock against a fake API server."""
+
+    fake: FakeApiServer
+    cluster: Cluster
+    live: Live
+    client: ExtenderClient
+    settings: Settings
+    sleeper: Sleeper
+    kubeconfig: Path
+
+    def in_sync(self) -> bool:
+        """The index equals one a brand-new extender would build from a fresh list now."""
+        fresh = Cluster(self.settings)
+        fresh.nodes.replace(list(self.fake.truth("nodes").values()))
+        fresh.pods.replace(list(self.fake.truth("pods", PODS.field_selector).values()))
+        return self.cluster.index.fingerprint() == fresh.index.fingerprint()
+
+    def ready(self) -> bool:
+        return self.live.readiness.check() is None
+
+    async def readyz(self) -> tuple[int, str]:
+        response = await self.client.get("/readyz")
+        return response.status, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def running_live(
+    tmp_path: Path, aiohttp_client: Any, *, client_cert: bool = False, watch_timeout: int = 300
+) -> AsyncIterator[Running]:
+    """Fake API server over TLS + the live app; yields once synced, ready and watching."""
+    pki = Pki.create(tmp_path / "pki")
+    fake = FakeApiServer(token="sa-token", pki=pki)
+    seed(fake)
+    await fake.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    if client_cert:
+        fake.write_kubeconfig(kubeconfig, client_cert=pki.issue_client("scheduler"))
+    else:
+        fake.write_kubeconfig(kubeconfig, token="sa-token")
+    settings = Settings(staleness_seconds=STALENESS)
+    cluster = Cluster(settings)
+    sleeper = Sleeper()
+    live = Live(
+        load_connection(str(kubeconfig)),
+        cluster,
+        staleness_seconds=STALENESS,
+        watch_timeout=watch_timeout,
+        sleep=sleeper,
+        rng=random.Random(5),
+    )
+    app = create_app(cluster, settings, binder=live.binder, readiness=live.readiness)
+    app.cleanup_ctx.append(live.run_informers)
+    client: ExtenderClient = await aiohttp_client(app)
+    stack = Running(fake, cluster, live, client, settings, sleeper, kubeconfig)
+    try:
+        await eventually(stack.ready)
+        await eventually(lambda: fake.open_watches == 2)
+        yield stack
+    finally:
+        await client.close()
+        await fake.stop()
+
+
+async def first_ready(stack: Running, *, within: float) -> float:
+    """Seconds until readiness says ready; at that moment the index must equal the truth."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await eventually(stack.ready, within=within)
+    took = loop.time() - started
+    assert stack.in_sync(), "ready was reported before the index caught up"
+    return took
+
+
+async def test_a_stalled_api_server_is_not_ready_within_the_bound_and_ready_once_it_answers(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """Connections open, nothing flows: 503 within the staleness bound, 200 (current) after."""
+    async with running_live(tmp_path, aiohttp_client) as stack:
+        loop = asyncio.get_running_loop()
+        stalled_at = loop.time()
+        stack.fake.stall(partial_line=b'{"type":"MODIF')
+        stack.fake.remove("pods", "default/ingress")  # news the silent watch does not bring
+        await eventually(lambda: not stack.ready(), within=STALENESS + 5)
+        assert loop.time() - stalled_at <= STALENESS + SLACK
+        status, text = await stack.readyz()
+        assert status == 503
+        assert "the API server has not answered for 2 s (staleness bound 1.5 s)" in text
+        assert not stack.in_sync()  # what the scheduler would have been served as current
+
+        await asyncio.sleep(STALENESS)
+        stack.fake.resume()
+        took = await first_ready(stack, within=10)
+        assert took <= HEALTHY_WATCH_SECONDS + SLACK
+        assert (await stack.readyz())[0] == 200
+
+
+async def test_a_watch_wedged_past_its_timeout_is_restarted(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """A watch the server neither feeds nor ends (the server itself answers) is reopened."""
+    async with running_live(tmp_path, aiohttp_client, watch_timeout=1) as stack:
+        stack.fake.stall(requests=False)  # the open watches freeze; new requests are served
+        stack.fake.remove("pods", "default/ingress")
+        # The server promised to end each watch within 2 s (timeoutSeconds 1-2); 2 s of grace.
+        await eventually(stack.in_sync, within=4 + 2 * SLACK)
+        assert stack.ready()
