@@ -14,7 +14,8 @@ server would be lenient or vague, the fake is strict (see ../shared/protocol.md 
 Tests drive it through plain methods: `put`/`remove` objects, `rotate_token`, `break_streams`,
 `expire_watches`, `compact`, `expire_continue_tokens`, `inject_error`, `inject_garbage`,
 `go_down`/`come_up`, `stall`/`resume` (a SIGSTOPped server: connections stay open, nothing
-flows), `trust_client_ca` (the client CA is rotated: certificates from the old one get 401).
+flows), `trust_client_ca` (the client CA is rotated: certificates from the old one get 401),
+`rotate_serving_ca` (a new server certificate from a new CA, the CA file rewritten).
 """
 
 from __future__ import annotations
@@ -478,6 +479,20 @@ class FakeApiServer:
             self._server_context.load_verify_locations(
                 cadata=authority.cert.public_bytes(_PEM).decode()
             )
+
+    async def rotate_serving_ca(self) -> None:
+        """A new CA signs a new serving certificate; `ca.crt` is rewritten in place (as a CA
+        bundle in a kubeconfig or a service-account mount is) and the server restarts on the
+        same port, so every connection is cut and new ones see the new certificate."""
+        assert self.pki is not None, "rotate_serving_ca needs a fake with a Pki"
+        authority = certs.new_authority("fake-kubernetes-ca-2", days=2)
+        server = certs.issue(
+            authority, "kube-apiserver", dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=2
+        )
+        await self.stop()
+        self.pki.ca_cert.write_bytes(authority.cert_pem)
+        _write_pair(self.pki.directory, "server", server)
+        await self.start()
 
     def hang_up_watches(self, times: int) -> None:
         """The next `times` watches are accepted (200) and then end at once, with no event."""

@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from extender.core.cluster import Cluster
 from extender.kube.informer import HEALTHY_WATCH_SECONDS, PODS
 from extender.kube.kubeauth import load_connection
 from extender.server.app import create_app
 from extender.server.live import Live
 from extender.settings import Settings
+from extender.webhook import certs
 from tests.conftest import ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.kube.test_live import seed
@@ -147,3 +150,32 @@ async def test_a_watch_wedged_past_its_timeout_is_restarted(
         # The server promised to end each watch within 2 s (timeoutSeconds 1-2); 2 s of grace.
         await eventually(stack.in_sync, within=4 + 2 * SLACK)
         assert stack.ready()
+
+
+@pytest.mark.parametrize("how", ["files-in-place", "kubeconfig-rewritten"])
+async def test_a_rotated_client_certificate_is_picked_up_by_the_running_informers(
+    tmp_path: Path, aiohttp_client: Any, how: str
+) -> None:
+    """The server trusts only a new client CA: 503 with the 401, ready and current once the new
+    certificate is on disk, without a restart."""
+    async with running_live(tmp_path, aiohttp_client, client_cert=True) as stack:
+        fake, pki = stack.fake, stack.fake.pki
+        assert pki is not None
+        new_ca = certs.new_authority("fake-client-ca-2", days=2)
+        fake.trust_client_ca(new_ca)
+        fake.break_streams()  # the API server restarted with the new --client-ca-file
+        fake.remove("pods", "default/ingress")
+        await eventually(lambda: not stack.ready(), within=STALENESS + 5)
+        status, text = await stack.readyz()
+        assert status == 503
+        assert "401 Unauthorized" in text
+
+        if how == "files-in-place":
+            pki.issue_client("scheduler", authority=new_ca)
+        else:
+            new_pair = pki.issue_client("scheduler", authority=new_ca, name="scheduler-2")
+            fake.write_kubeconfig(stack.kubeconfig, client_cert=new_pair)
+        # At most 1 s until the files are checked, 0.5 s until the next probe, 1 s for the
+        # restarted watches to show they are live.
+        took = await first_ready(stack, within=15)
+        assert took <= 2.5 + HEALTHY_WATCH_SECONDS + SLACK

@@ -12,6 +12,7 @@ import pytest
 
 from extender.kube.kubeapi import ApiStatusError, KubeApi
 from extender.kube.kubeauth import Connection, KubeAuthError, load_connection
+from extender.webhook import certs
 from tests.fakeapi import FakeApiServer, Pki
 
 EXEC_PLUGIN = """\
@@ -70,6 +71,31 @@ async def test_kubeconfig_with_client_certificate(tls_fake: FakeApiServer, tmp_p
     assert connection.client_cert_file == str(cert[0])
     assert await list_nodes(connection) == ["n1"]
     assert tls_fake.requests[-1].authorization is None
+
+
+@pytest.mark.parametrize("how", ["files-in-place", "kubeconfig-rewritten"])
+async def test_rotated_client_certificate_and_ca_bundle_are_used_without_a_restart(
+    tls_fake: FakeApiServer, tmp_path: Path, how: str
+) -> None:
+    """The agent's node patch works across a client-CA rotation and a serving-CA rotation."""
+    pki = tls_fake.pki
+    assert pki is not None
+    path = tls_fake.write_kubeconfig(tmp_path / "config", client_cert=pki.issue_client("agent"))
+    patch = {"metadata": {"annotations": {"rotation": "1"}}}
+    async with KubeApi(load_connection(str(path))) as api:
+        await api.patch_node_metadata("n1", patch)
+        new_ca = certs.new_authority("fake-client-ca-2", days=2)
+        tls_fake.trust_client_ca(new_ca)
+        if how == "files-in-place":
+            pki.issue_client("agent", authority=new_ca)
+        else:
+            new_pair = pki.issue_client("agent", authority=new_ca, name="agent-2")
+            tls_fake.write_kubeconfig(path, client_cert=new_pair)
+        await api.patch_node_metadata("n1", {"metadata": {"annotations": {"rotation": "2"}}})
+        await tls_fake.rotate_serving_ca()
+        await api.patch_node_metadata("n1", {"metadata": {"annotations": {"rotation": "3"}}})
+        assert api.connection.credentials.reloads >= 2
+    assert tls_fake.get("nodes", "n1")["metadata"]["annotations"] == {"rotation": "3"}
 
 
 def write_plugin(directory: Path, token: str, expiry: str) -> list[str]:
