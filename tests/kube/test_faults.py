@@ -17,6 +17,7 @@ import pytest
 from extender.core.cluster import Cluster
 from extender.kube.informer import HEALTHY_WATCH_SECONDS, PODS
 from extender.kube.kubeauth import load_connection
+from extender.kube.probe import FAILING_PROBE_INTERVAL
 from extender.server.app import create_app
 from extender.server.live import Live
 from extender.settings import Settings
@@ -179,3 +180,34 @@ async def test_a_rotated_client_certificate_is_picked_up_by_the_running_informer
         # restarted watches to show they are live.
         took = await first_ready(stack, within=15)
         assert took <= 2.5 + HEALTHY_WATCH_SECONDS + SLACK
+
+
+async def test_after_401s_a_410_relists_at_once_and_is_ready_within_a_second(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """401 x N pile the backoff up to 30 s; once accepted: 410, one fresh relist, ready fast."""
+    async with running_live(tmp_path, aiohttp_client) as stack:
+        fake, sleeper = stack.fake, stack.sleeper
+        sleeper.fast = True
+        fake.rotate_token("sa-token-2")  # the kubeconfig's token is refused, reloaded or not
+        fake.break_streams()
+        await eventually(lambda: sum(delay >= 30 for delay in sleeper.delays) >= 2)
+        fake.remove("pods", "default/ingress")
+        fake.compact()  # the watches' resourceVersion is gone: the way back is a 410
+        sleeper.fast = False
+        waits = len(sleeper.delays)
+        await eventually(lambda: len(sleeper.delays) >= waits + 2)  # both in a 30 s sleep
+        await eventually(lambda: not stack.ready())
+        assert "401 Unauthorized" in (await stack.readyz())[1]
+
+        accepted_at = len(fake.requests)
+        sleeps_before = len(sleeper.delays)
+        fake.rotate_token("sa-token")
+        took = await first_ready(stack, within=15)
+        assert took <= FAILING_PROBE_INTERVAL + SLACK
+        assert sleeper.delays[sleeps_before:] == []  # no backoff on the way back
+        lists = [
+            r for r in fake.requests[accepted_at:] if r.path == PODS.path and "watch" not in r.query
+        ]
+        assert [r.query.get("resourceVersion") for r in lists] == [None]  # fresh, consistent
+        assert stack.live.pods.status().relists == 1
