@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from extender.core.cluster import Cluster
@@ -22,9 +26,10 @@ from extender.server.app import create_app
 from extender.server.live import Live
 from extender.settings import Settings
 from extender.webhook import certs
-from tests.conftest import ExtenderClient
+from tests.conftest import REPO, ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually
-from tests.kube.test_live import seed
+from tests.kube.test_live import newcomer, seed
+from tests.objects import pod, port
 
 STALENESS = 1.5
 SLACK = 1.0
@@ -211,3 +216,68 @@ async def test_after_401s_a_410_relists_at_once_and_is_ready_within_a_second(
         ]
         assert [r.query.get("resourceVersion") for r in lists] == [None]  # fresh, consistent
         assert stack.live.pods.status().relists == 1
+
+
+async def test_after_a_freeze_of_the_extender_ready_waits_for_live_watches(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP the extender past the bound while pods change and the API server restarts:
+    after SIGCONT, /readyz is 503 while the server is still down, and its first 200 comes with
+    the index current."""
+    fake = FakeApiServer(token="sa-token", pki=Pki.create(tmp_path / "pki"))
+    seed(fake)
+    await fake.start()
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", token="sa-token")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "extender", "serve", "--kubeconfig", str(kubeconfig),
+        "--listen", "127.0.0.1:0", "--staleness-seconds", str(STALENESS),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    wants_80 = {"Pod": newcomer(), "Nodes": None, "NodeNames": ["n1", "n2", "n3"]}
+    try:
+        assert process.stdout is not None
+        banner = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        base = banner.rsplit(" on ", 1)[1].strip()
+        async with aiohttp.ClientSession() as http:
+
+            async def readyz() -> int:
+                async with http.get(base + "/readyz") as response:
+                    return response.status
+
+            async def fits_port_80() -> list[str]:
+                async with http.post(base + "/filter", data=orjson.dumps(wants_80)) as response:
+                    names: list[str] = orjson.loads(await response.read())["NodeNames"]
+                    return names
+
+            for _ in range(3000):
+                if await readyz() == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert await fits_port_80() == ["n2", "n3"]  # the ingress pod holds 80 on n1
+
+            process.send_signal(signal.SIGSTOP)
+            fake.remove("pods", "default/ingress")
+            fake.put("pods", pod("web", node="n2", ports=[port(80, 80)]))
+            await fake.go_down()
+            fake.compact()
+            await asyncio.sleep(STALENESS + 1)
+            process.send_signal(signal.SIGCONT)
+
+            loop = asyncio.get_running_loop()
+            down_until = loop.time() + STALENESS
+            while loop.time() < down_until:
+                assert await readyz() == 503, "ready while the API server is still down"
+                await asyncio.sleep(0.02)
+            await fake.come_up()
+            for _ in range(1500):
+                if (status := await readyz()) == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert status == 200
+            assert await fits_port_80() == ["n1", "n3"]
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+        await fake.stop()
