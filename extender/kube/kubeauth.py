@@ -13,6 +13,7 @@ exec plugin is a subprocess, the rest are files): call them from a worker thread
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import ssl
@@ -37,7 +38,7 @@ from extender.errors import ExtenderError
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
 RECHECK_SECONDS = 1.0
-"""How often, at most, the files the credentials came from are checked for changes (a stat each)."""
+"""How often, at most, the files the credentials came from are read again to look for changes."""
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class RequestAuth:
     server_name: str | None
 
 
-FileStamp = tuple[tuple[str, int, int, int] | tuple[str], ...]
+FileStamp = tuple[tuple[str, bytes | None], ...]
+"""Each file the credentials came from, with a digest of its content (None: unreadable)."""
 
 
 class Credentials:
@@ -65,7 +67,7 @@ class Credentials:
 
     `current()` runs the loader's own refresh hook (it re-runs an exec plugin once its token has
     expired and re-reads a service-account token file at most once a minute) and, at most once
-    a second, stats the files the configuration came from (the kubeconfig, the client
+    a second, reads the files the configuration came from (the kubeconfig, the client
     certificate and key, the CA bundle, the in-cluster token and CA): when one changed it
     reloads everything and builds a new TLS context, so new connections use the new pair.
     `refresh()` reloads unconditionally; the API client calls it after a 401 or a TLS failure,
@@ -136,17 +138,18 @@ class Credentials:
         return RequestAuth(value, self._ssl, self._config.tls_server_name)
 
     def _files_stamp(self, config: Configuration) -> FileStamp:
+        """Contents, not mtimes: a same-size rewrite within one mtime tick still shows (as in
+        client-go's dynamic certificate files). A few kilobytes read at most once a second."""
         paths = [*self._sources, config.ssl_ca_cert, config.cert_file, config.key_file]
-        stamp: list[tuple[str, int, int, int] | tuple[str]] = []
+        stamp: list[tuple[str, bytes | None]] = []
         for path in paths:
             if not path:
                 continue
             try:
-                info = os.stat(path)
+                digest: bytes | None = hashlib.blake2b(Path(path).read_bytes()).digest()
             except OSError:
-                stamp.append((str(path),))
-            else:
-                stamp.append((str(path), info.st_mtime_ns, info.st_size, info.st_ino))
+                digest = None
+            stamp.append((str(path), digest))
         return tuple(stamp)
 
 

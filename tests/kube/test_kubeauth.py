@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from extender.kube import kubeauth
 from extender.kube.kubeapi import ApiStatusError, KubeApi
 from extender.kube.kubeauth import Connection, KubeAuthError, load_connection
 from extender.webhook import certs
@@ -96,6 +97,29 @@ async def test_rotated_client_certificate_and_ca_bundle_are_used_without_a_resta
         await api.patch_node_metadata("n1", {"metadata": {"annotations": {"rotation": "3"}}})
         assert api.connection.credentials.reloads >= 2
     assert tls_fake.get("nodes", "n1")["metadata"]["annotations"] == {"rotation": "3"}
+
+
+def test_a_pair_caught_mid_rotation_keeps_the_previous_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate rewritten before its key: the old pair stays in use until both match."""
+    monkeypatch.setattr(kubeauth, "RECHECK_SECONDS", 0.0)
+    pki = Pki.create(tmp_path / "pki")
+    fake = FakeApiServer(pki=pki)
+    fake.port = 6443
+    cert, key = pki.issue_client("agent")
+    credentials = load_connection(
+        str(fake.write_kubeconfig(tmp_path / "config", client_cert=(cert, key)))
+    ).credentials
+    before = credentials.current().ssl
+    assert before is not None
+    new_cert, new_key = pki.issue_client("agent", name="agent-next")
+    cert.write_bytes(new_cert.read_bytes())
+    assert credentials.current().ssl is before
+    assert credentials.reloads == 0
+    key.write_bytes(new_key.read_bytes())
+    assert credentials.current().ssl is not before
+    assert credentials.reloads == 1
 
 
 def write_plugin(directory: Path, token: str, expiry: str) -> list[str]:
