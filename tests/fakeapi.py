@@ -13,7 +13,9 @@ server would be lenient or vague, the fake is strict (see ../shared/protocol.md 
 
 Tests drive it through plain methods: `put`/`remove` objects, `rotate_token`, `break_streams`,
 `expire_watches`, `compact`, `expire_continue_tokens`, `inject_error`, `inject_garbage`,
-`go_down`/`come_up`.
+`go_down`/`come_up`, `stall`/`resume` (a SIGSTOPped server: connections stay open, nothing
+flows), `trust_client_ca` (the client CA is rotated: certificates from the old one get 401),
+`rotate_serving_ca` (a new server certificate from a new CA, the CA file rewritten).
 """
 
 from __future__ import annotations
@@ -33,10 +35,14 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from extender.webhook import certs
 
 RawObject = dict[str, Any]
+_PEM = serialization.Encoding.PEM
 
 KINDS = {"pods": "Pod", "nodes": "Node"}
 LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
@@ -158,7 +164,8 @@ class _Watcher:
     namespace: str | None
     selector: tuple[FieldRequirement, ...]
     bookmarks: bool
-    queue: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[bytes | str | asyncio.Event] = field(default_factory=asyncio.Queue)
+    """Lines to write; "close"/"abort" end the stream; an Event holds it until set (a stall)."""
     covered_rv: int = 0
     """Changes up to this RV were sent as the backlog (or predate the watch)."""
 
@@ -216,10 +223,13 @@ class Pki:
         server_cert, server_key = _write_pair(directory, "server", server)
         return cls(directory, authority, ca_cert, server_cert, server_key)
 
-    def issue_client(self, user: str) -> tuple[Path, Path]:
-        """A client certificate (CN = user) signed by the CA; returns (cert, key) paths."""
-        issued = certs.issue(self.authority, user, client=True, days=2)
-        return _write_pair(self.directory, f"client-{user}", issued)
+    def issue_client(
+        self, user: str, *, authority: certs.Authority | None = None, name: str = ""
+    ) -> tuple[Path, Path]:
+        """A client certificate (CN = user) signed by the CA (or `authority`), written to
+        `client-{name or user}.crt/.key` (overwritten in place if they exist); (cert, key)."""
+        issued = certs.issue(authority or self.authority, user, client=True, days=2)
+        return _write_pair(self.directory, f"client-{name or user}", issued)
 
 
 def _write_pair(directory: Path, name: str, issued: certs.Issued) -> tuple[Path, Path]:
@@ -262,6 +272,11 @@ class FakeApiServer:
         """Called after each list page is built: lets a test act between two pages."""
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._server_context: ssl.SSLContext | None = None
+        self.client_cas: list[x509.Certificate] = [pki.authority.cert] if pki else []
+        """Client certificates must be issued by one of these (checked per request, as there)."""
+        self._stall: asyncio.Event | None = None
+        self._frozen_watches: asyncio.Event | None = None
         self.port = 0
         self.app = web.Application(middlewares=[self._middleware])
         for prefix in ("/api/v1/", "/api/v1/namespaces/{namespace}/"):
@@ -287,7 +302,10 @@ class FakeApiServer:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.pki.server_cert, self.pki.server_key)
         context.load_verify_locations(self.pki.ca_cert)
+        for authority in self.client_cas:
+            context.load_verify_locations(cadata=authority.public_bytes(_PEM).decode())
         context.verify_mode = ssl.CERT_OPTIONAL
+        self._server_context = context
         return context
 
     async def start(self) -> None:
@@ -304,6 +322,7 @@ class FakeApiServer:
 
     async def stop(self) -> None:
         """Stop listening and cut every stream (on_shutdown runs once no new connection comes)."""
+        self.resume()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None
@@ -426,6 +445,58 @@ class FakeApiServer:
             watcher.queue.put_nowait(partial_line)
             watcher.queue.put_nowait("abort")
 
+    def stall(self, *, partial_line: bytes = b"", requests: bool = True) -> None:
+        """Fall silent without closing anything, as a SIGSTOPped API server does.
+
+        Open watches write `partial_line` (a line cut in the middle, if given) and then nothing;
+        with `requests`, new requests are accepted and never answered. Until `resume()`.
+        Without `requests` only the open watches freeze (a wedged proxy or watch cache).
+        """
+        gate = self._stall or asyncio.Event()
+        for watcher in self._watchers:
+            if partial_line:
+                watcher.queue.put_nowait(partial_line)
+            watcher.queue.put_nowait(gate)
+        if requests:
+            self._stall = gate
+        elif self._stall is None:
+            self._frozen_watches = gate
+
+    def resume(self) -> None:
+        """End a stall: held requests are answered, frozen watches deliver what they held."""
+        for gate in (self._stall, self._frozen_watches):
+            if gate is not None:
+                gate.set()
+        self._stall = self._frozen_watches = None
+
+    def trust_client_ca(self, authority: certs.Authority) -> None:
+        """From now on only certificates issued by `authority` authenticate (others get 401).
+
+        Like kube-apiserver reloading `--client-ca-file`: the TLS handshake still completes with
+        an old certificate, the request is then Unauthorized. Open watches are not touched. (A
+        certificate from a CA never trusted fails the handshake instead: Python's ssl cannot ask
+        for a certificate without checking it.)
+        """
+        self.client_cas = [authority.cert]
+        if self._server_context is not None:
+            self._server_context.load_verify_locations(
+                cadata=authority.cert.public_bytes(_PEM).decode()
+            )
+
+    async def rotate_serving_ca(self) -> None:
+        """A new CA signs a new serving certificate; `ca.crt` is rewritten in place (as a CA
+        bundle in a kubeconfig or a service-account mount is) and the server restarts on the
+        same port, so every connection is cut and new ones see the new certificate."""
+        assert self.pki is not None, "rotate_serving_ca needs a fake with a Pki"
+        authority = certs.new_authority("fake-kubernetes-ca-2", days=2)
+        server = certs.issue(
+            authority, "kube-apiserver", dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=2
+        )
+        await self.stop()
+        self.pki.ca_cert.write_bytes(authority.cert_pem)
+        _write_pair(self.pki.directory, "server", server)
+        await self.start()
+
     def hang_up_watches(self, times: int) -> None:
         """The next `times` watches are accepted (200) and then end at once, with no event."""
         self._hang_ups = times
@@ -513,8 +584,18 @@ class FakeApiServer:
             if scheme.lower() == "bearer" and token in self.tokens:
                 return True
         transport = request.transport
-        peercert = transport.get_extra_info("peercert") if transport else None
-        return bool(peercert)
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return False
+        presented = x509.load_der_x509_certificate(der)
+        for authority in self.client_cas:
+            try:
+                presented.verify_directly_issued_by(authority)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
 
     @web.middleware
     async def _middleware(
@@ -528,6 +609,8 @@ class FakeApiServer:
                 request.headers.get("Authorization"),
             )
         )
+        if self._stall is not None:
+            await self._stall.wait()  # accepted, read, and left unanswered until resume()
         try:
             if not self._authenticated(request):
                 raise _StatusError(401, "Unauthorized", "Unauthorized")
@@ -715,6 +798,9 @@ class FakeApiServer:
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), remaining)
                 except TimeoutError:
+                    continue
+                if isinstance(item, asyncio.Event):
+                    await item.wait()  # a stall: the connection stays open, nothing is written
                     continue
                 if item == "close":
                     break

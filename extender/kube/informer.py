@@ -6,9 +6,16 @@ The loop imitates client-go's Reflector (protocol.md §5.5) where it matters for
   we were away release their ports (the sink diffs; the Python client's informer does not);
 - WATCH from the list's resourceVersion with `allowWatchBookmarks=true` and a server timeout of
   `watch_timeout * [1, 2)`; every event moves the resourceVersion, BOOKMARK moves only that;
-- 410 Gone (HTTP status, ERROR event, or an expired continue token) relists at once;
+- 410 Gone (HTTP status, ERROR event, or an expired continue token) relists at once from a
+  fresh consistent list (no resourceVersion), never after a backoff; only a server that answers
+  410 to MAX_GONE_IN_A_ROW fresh lists in a row, with no progress between, is backed off from;
 - everything else (refused, reset, 429, 5xx, a garbage line, a too-short watch) backs off with
-  jitter, 0.8 s doubling to 30 s, and resumes the watch from the last resourceVersion;
+  jitter, 0.8 s doubling to 30 s, and resumes the watch from the last resourceVersion; a list
+  or watch that works resets the backoff;
+- each watch has a deadline: the server promised to end it after `timeoutSeconds`; one still
+  open WATCH_GRACE_SECONDS later is wedged and is restarted;
+- `wake()` (the API probe, extender/kube/probe.py, saw the server answer again) cuts a backoff
+  short, and with `restart_watch` also ends the open watch so a new one proves it is live;
 - the state is exposed (`status()`) for readiness and metrics.
 
 Clock, sleep and randomness are injectable so tests run fast and deterministic.
@@ -31,6 +38,11 @@ log = logging.getLogger(__name__)
 
 HEALTHY_WATCH_SECONDS = 1.0
 """A watch that delivered no event counts as working once it has stayed open this long."""
+WATCH_GRACE_SECONDS = 2.0
+"""How long past its `timeoutSeconds` a watch may stay open before it counts as wedged."""
+MAX_GONE_IN_A_ROW = 3
+"""410s in a row (each after a fresh list) relisted at once; more back off, so a broken server
+that answers 410 to everything does not get a full list in a tight loop."""
 _T = TypeVar("_T")
 
 
@@ -64,6 +76,9 @@ class InformerStatus:
     """When talking to the server started failing; None while the list/watch is healthy."""
     last_error: str | None
     sink_errors: int
+    current_since: float | None = None
+    """Since when the informer demonstrably follows the server: the start of its last complete
+    list, or the opening of a watch that has been open HEALTHY_WATCH_SECONDS; None if neither."""
 
 
 class Backoff:
@@ -157,6 +172,11 @@ class Informer:
         self._last_error: str | None = None
         self._sink_errors = 0
         self._gone_streak = 0
+        self._listed_at: float | None = None
+        self._wakeable: asyncio.Timeout | None = None
+        """The backoff sleep or watch in progress, which `wake()` may end early."""
+        self._watching = False
+        self._woken = False
 
     def status(self) -> InformerStatus:
         return InformerStatus(
@@ -169,7 +189,22 @@ class Informer:
             broken_since=self._current_break(),
             last_error=self._last_error,
             sink_errors=self._sink_errors,
+            current_since=self._current_since(),
         )
+
+    def wake(self, *, restart_watch: bool) -> None:
+        """The server answers again: retry now instead of finishing a backoff.
+
+        With `restart_watch`, an open watch is ended too and reopened from its resourceVersion:
+        after a silence (a stalled server, our own process frozen) the old connection may be
+        dead or hold stale news, and only a new watch that stays open shows the index is live.
+        """
+        wakeable = self._wakeable
+        if wakeable is None or (self._watching and not restart_watch):
+            return
+        self._woken = True
+        self._wakeable = None  # a second wake before this one lands must not reschedule again
+        wakeable.reschedule(asyncio.get_running_loop().time())
 
     async def run(self) -> None:
         """List and watch forever; returns only by cancellation (or a bug, which is recorded)."""
@@ -187,7 +222,7 @@ class Informer:
             try:
                 if self._rv is None:
                     await self._relist()
-                await self._watch()
+                await self._watch_until_deadline()
                 self._restarting()
             except ApiStatusError as error:
                 if not error.gone:
@@ -196,11 +231,37 @@ class Informer:
                 log.info("%s: %s; relisting", self.resource.name, error)
                 self._rv = None
                 self._gone_streak += 1
-                if self._gone_streak > 1:
-                    # A server that answers 410 to every fresh list/watch must not spin us.
+                if self._gone_streak > MAX_GONE_IN_A_ROW:
                     await self._failed(error, None)
             except KubeApiError as error:
                 await self._failed(error, None)
+
+    async def _watch_until_deadline(self) -> None:
+        """One watch, ended early by its deadline or by `wake(restart_watch=True)`."""
+        timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
+        self._woken = False
+        self._watching = True
+        try:
+            async with asyncio.timeout(timeout + WATCH_GRACE_SECONDS) as wakeable:
+                self._wakeable = wakeable
+                await self._watch(timeout)
+        except TimeoutError:
+            if self._woken:
+                log.info("%s: restarting the watch to show it is live", self.resource.name)
+                return
+            raise WatchStreamError(
+                f"watch {self.resource.path}: still open {WATCH_GRACE_SECONDS:g} s after its "
+                f"timeoutSeconds={timeout}; the connection is wedged"
+            ) from None
+        finally:
+            self._wakeable = None
+            self._watching = False
+
+    def _current_since(self) -> float | None:
+        opened = self._watch_opened_at
+        if opened is not None and self._clock() - opened >= HEALTHY_WATCH_SECONDS:
+            return max(opened, self._listed_at or opened)
+        return self._listed_at
 
     def _current_break(self) -> float | None:
         """When the informer stopped following the server, or None while it follows it.
@@ -230,7 +291,17 @@ class Informer:
         if retry_after is not None:
             delay = max(delay, retry_after)
         log.warning("%s: %s; retrying in %.1f s", self.resource.name, error, delay)
-        await self._sleep(delay)
+        self._woken = False
+        try:
+            async with asyncio.timeout(None) as wakeable:
+                self._wakeable = wakeable
+                await self._sleep(delay)
+        except TimeoutError:
+            if not self._woken:
+                raise
+            log.info("%s: the API server answers again; retrying now", self.resource.name)
+        finally:
+            self._wakeable = None
         if self._rv is not None:
             self._restarting()
 
@@ -239,6 +310,7 @@ class Informer:
         self._observer.watch_restarted(self.resource.name)
 
     async def _relist(self) -> None:
+        started = self._clock()
         items, rv = await self._api.list_all(
             self.resource.path, field_selector=self.resource.field_selector, limit=self._page_size
         )
@@ -247,20 +319,22 @@ class Informer:
             self._relists += 1
         self._synced = True
         self._rv = rv
+        self._listed_at = started
+        self._backoff.reset()
         self._broken_since = None
         self._last_event_at = self._clock()
         self._observer.listed(self.resource.name)
         log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, len(items), rv)
 
-    async def _watch(self) -> None:
+    async def _watch(self, server_timeout: int) -> None:
         """One watch from the current RV until the server ends it cleanly; errors raise."""
         assert self._rv is not None
         params = {"resourceVersion": self._rv, "allowWatchBookmarks": "true"}
         if self.resource.field_selector:
             params["fieldSelector"] = self.resource.field_selector
-        timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
         started = self._clock()
-        stream = await self._api.open_watch(self.resource.path, params, timeout_seconds=timeout)
+        path = self.resource.path
+        stream = await self._api.open_watch(path, params, timeout_seconds=server_timeout)
         self._watch_opened_at = started
         events = 0
         try:

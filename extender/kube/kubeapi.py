@@ -2,8 +2,9 @@
 
 Paginated LIST, streaming WATCH, `pods/binding` and node metadata PATCH; bodies are raw orjson
 dicts, never `kubernetes` model objects (deserialising those is slow, protocol.md §6.4). Auth
-comes from kubeauth.py: each request asks the Credentials for the current header, and a
-401 makes it reload once and retry, so rotated tokens are picked up without a restart.
+comes from kubeauth.py: each request asks the Credentials for the current header and TLS context
+(which follow their files on disk), and a 401 or a TLS failure makes them reload once and retry,
+so rotated tokens, client certificates and CA bundles are picked up without a restart.
 
 Every failure is one of the KubeApiError subclasses, so callers can tell "the server said no"
 (ApiStatusError, with the HTTP status) from "we could not talk to it" and "the stream was garbage".
@@ -12,7 +13,6 @@ Every failure is one of the KubeApiError subclasses, so callers can tell "the se
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -86,12 +86,9 @@ class KubeApi:
         self._request_timeout = request_timeout
         self._max_line_bytes = max_line_bytes
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool = True
 
     async def open(self) -> None:
-        """Create the HTTP session (TLS context from the connection record)."""
-        if self.connection.server.startswith("https://"):
-            self._ssl = _ssl_context(self.connection)
+        """Create the HTTP session (each request takes its TLS context from the credentials)."""
         self._session = aiohttp.ClientSession()
 
     async def close(self) -> None:
@@ -159,6 +156,20 @@ class KubeApi:
         """GET one object (a 404 surfaces as ApiStatusError with status 404)."""
         return await self._json("GET", path)
 
+    async def probe(self, *, within: float) -> str:
+        """One cheap request that must be answered: a `limit=1` LIST of nodes; returns its RV.
+
+        It takes the watches' path through authentication, authorisation and storage, so an answer
+        shows the server serves us right now; an open watch that stays quiet shows nothing.
+        """
+        path = "/api/v1/nodes"
+        raw_list = await self._json("GET", path, params={"limit": "1"}, total_seconds=within)
+        metadata = raw_list.get("metadata")
+        rv = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if not rv:
+            raise WatchStreamError(f"GET {path}: the list carries no resourceVersion")
+        return str(rv)
+
     async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
         """POST a v1.Binding with the pod's UID as precondition (a recreated pod is not bound)."""
         body = {
@@ -185,15 +196,16 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         body: RawObject | None = None,
         content_type: str = "application/json",
+        total_seconds: float | None = None,
     ) -> RawObject:
-        timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        client_timeout = aiohttp.ClientTimeout(total=total_seconds or self._request_timeout)
         response = await self._send(
             method,
             path,
             params=params,
             body=body,
             content_type=content_type,
-            client_timeout=timeout,
+            client_timeout=client_timeout,
         )
         try:
             data = await response.read()
@@ -219,26 +231,30 @@ class KubeApi:
         content_type: str = "application/json",
         client_timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
-        """Send with the current credentials; after a 401 reload them once and resend."""
+        """Send with the current credentials; after a 401 or a TLS failure reload them and resend.
+
+        A new TLS context means new connections (aiohttp pools by context); open watches keep
+        theirs until they end.
+        """
         if self._session is None:
             raise RuntimeError("KubeApi.open() was not called")
         credentials = self.connection.credentials
         url = self.connection.server + path
         data = orjson.dumps(body) if body is not None else None
         for attempt in (1, 2):
-            refresh = credentials.authorization if attempt == 1 else credentials.refresh
+            fetch = credentials.current if attempt == 1 else credentials.refresh
             try:
-                authorization = await asyncio.to_thread(refresh)
+                auth = await asyncio.to_thread(fetch)
             except KubeAuthError as error:
                 raise ApiUnreachableError(str(error)) from error
             headers = {"Accept": "application/json"}
             if data is not None:
                 headers["Content-Type"] = content_type
-            if authorization:
-                headers["Authorization"] = authorization
-            extra: dict[str, Any] = {}
-            if self.connection.tls_server_name:
-                extra["server_hostname"] = self.connection.tls_server_name
+            if auth.authorization:
+                headers["Authorization"] = auth.authorization
+            extra: dict[str, Any] = {"ssl": auth.ssl if auth.ssl is not None else True}
+            if auth.server_name:
+                extra["server_hostname"] = auth.server_name
             try:
                 response = await self._session.request(
                     method,
@@ -247,9 +263,12 @@ class KubeApi:
                     data=data,
                     headers=headers,
                     timeout=client_timeout,
-                    ssl=self._ssl,
                     **extra,
                 )
+            except aiohttp.ClientSSLError as error:
+                if attempt == 1:
+                    continue  # a rotated CA bundle or client certificate: reload, try once more
+                raise ApiUnreachableError(f"{method} {path}: {_describe(error)}") from error
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
                 raise ApiUnreachableError(f"{method} {path}: {_describe(error)}") from error
             if response.status == 401 and attempt == 1:
@@ -304,16 +323,6 @@ class WatchStream:
 
     def _too_long(self) -> WatchStreamError:
         return WatchStreamError(f"watch {self._path}: a line exceeds {self._max_line_bytes} bytes")
-
-
-def _ssl_context(connection: Connection) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=connection.ca_file)
-    if not connection.verify_tls:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if connection.client_cert_file:
-        context.load_cert_chain(connection.client_cert_file, connection.client_key_file)
-    return context
 
 
 async def _status_error(response: aiohttp.ClientResponse) -> ApiStatusError:

@@ -5,15 +5,20 @@ parsing and merging, contexts, exec credential plugins (`aws eks get-token`, ...
 certificates, in-cluster service-account files. Its HTTP machinery and model objects are not used:
 the result is a small `Connection` record that extender/kube/kubeapi.py turns into aiohttp requests.
 
-Tokens rotate (bound service-account tokens about hourly, exec plugin tokens on expiry), so the
-record carries a `Credentials` object rather than a token. Its methods may block (an exec plugin is
-a subprocess, a token is a file): call them from a worker thread.
+Credentials rotate (bound service-account tokens about hourly, exec plugin tokens on expiry,
+client certificates and CA bundles when an operator or cert-manager renews them), so the record
+carries a `Credentials` object rather than a token or a TLS context. Its methods may block (an
+exec plugin is a subprocess, the rest are files): call them from a worker thread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,45 +37,145 @@ from kubernetes.config.incluster_config import (
 from extender.errors import ExtenderError
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
+RECHECK_SECONDS = 1.0
+"""How often, at most, the files the credentials came from are read again to look for changes."""
+
+log = logging.getLogger(__name__)
 
 
 class KubeAuthError(ExtenderError):
     """No usable cluster configuration; the message says which source was tried and why."""
 
 
-class Credentials:
-    """The current Authorization header value, refreshed the way kubectl would refresh it.
+@dataclass(frozen=True, slots=True)
+class RequestAuth:
+    """What one request needs: the Authorization header value and the TLS context to connect."""
 
-    `authorization()` runs the loader's own refresh hook: it re-runs an exec plugin once its
-    token has expired and re-reads a service-account token file at most once a minute.
-    `refresh()` reloads the whole configuration; the API client calls it after a 401, which is how
-    a rotated token file or a revoked exec token is picked up before its nominal expiry.
+    authorization: str | None
+    """`Bearer <token>` (or `Basic ...`), or None when the user authenticates by certificate."""
+    ssl: ssl.SSLContext | None
+    """CA bundle and client certificate as currently on disk; None for a plain-HTTP server."""
+    server_name: str | None
+
+
+FileStamp = tuple[tuple[str, bytes | None], ...]
+"""Each file the credentials came from, with a digest of its content (None: unreadable)."""
+
+
+class Credentials:
+    """The current credentials of every kind, reloaded the way kubectl would reload them.
+
+    `current()` runs the loader's own refresh hook (it re-runs an exec plugin once its token has
+    expired and re-reads a service-account token file at most once a minute) and, at most once
+    a second, reads the files the configuration came from (the kubeconfig, the client
+    certificate and key, the CA bundle, the in-cluster token and CA): when one changed it
+    reloads everything and builds a new TLS context, so new connections use the new pair.
+    `refresh()` reloads unconditionally; the API client calls it after a 401 or a TLS failure,
+    which is how a revoked exec token (or a certificate an exec plugin hands out) is replaced.
+    A reload that fails mid-rotation (a key that does not match its certificate yet) keeps the
+    previous credentials and is tried again on the next check.
     """
 
-    def __init__(self, load: Callable[[], Configuration], initial: Configuration) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Configuration],
+        initial: Configuration,
+        sources: tuple[str, ...],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._load = load
+        self._sources = sources
+        self._clock = clock
         self._lock = threading.Lock()
         self._config = initial
+        self._stamp = self._files_stamp(initial)
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_built = False  # built at first use: a bad CA file fails a request, not startup
+        self._checked_at = clock()
+        self.reloads = 0
+        """How many times a change on disk or a refresh replaced the credentials."""
 
     def authorization(self) -> str | None:
-        """`Bearer <token>` (or `Basic ...`), or None when the user authenticates by certificate."""
-        with self._lock:
-            try:
-                value: str | None = self._config.get_api_key_with_prefix("BearerToken")
-            except (ConfigException, OSError) as error:
-                raise KubeAuthError(f"cannot refresh credentials: {error}") from error
-            return value
+        """The current Authorization header value (see `current()`)."""
+        return self.current().authorization
 
-    def refresh(self) -> str | None:
-        """Reload the configuration from its source and return the new header value."""
+    def current(self) -> RequestAuth:
+        """The credentials for the next request; reloaded first if their files changed."""
         with self._lock:
-            self._config = self._load()
-        return self.authorization()
+            now = self._clock()
+            if now - self._checked_at >= RECHECK_SECONDS:
+                self._checked_at = now
+                if self._files_stamp(self._config) != self._stamp:
+                    try:
+                        self._reload()
+                    except KubeAuthError as error:
+                        log.warning("credentials changed on disk but do not load yet: %s", error)
+            return self._request_auth()
+
+    def refresh(self) -> RequestAuth:
+        """Reload the configuration from its source and return the new credentials."""
+        with self._lock:
+            self._reload()
+            return self._request_auth()
+
+    def _reload(self) -> None:
+        config = self._load()
+        stamp = self._files_stamp(config)
+        context = _tls_context(config)
+        self._config, self._stamp, self._ssl = config, stamp, context
+        self._ssl_built = True
+        self.reloads += 1
+
+    def _request_auth(self) -> RequestAuth:
+        if not self._ssl_built:
+            self._ssl = _tls_context(self._config)
+            self._ssl_built = True
+        try:
+            value: str | None = self._config.get_api_key_with_prefix("BearerToken")
+        except (ConfigException, OSError) as error:
+            raise KubeAuthError(f"cannot refresh credentials: {error}") from error
+        return RequestAuth(value, self._ssl, self._config.tls_server_name)
+
+    def _files_stamp(self, config: Configuration) -> FileStamp:
+        """Contents, not mtimes: a same-size rewrite within one mtime tick still shows (as in
+        client-go's dynamic certificate files). A few kilobytes read at most once a second."""
+        paths = [*self._sources, config.ssl_ca_cert, config.cert_file, config.key_file]
+        stamp: list[tuple[str, bytes | None]] = []
+        for path in paths:
+            if not path:
+                continue
+            try:
+                digest: bytes | None = hashlib.blake2b(Path(path).read_bytes()).digest()
+            except OSError:
+                digest = None
+            stamp.append((str(path), digest))
+        return tuple(stamp)
+
+
+def _tls_context(config: Configuration) -> ssl.SSLContext | None:
+    """The client TLS context for `config`; KubeAuthError if its files do not load."""
+    if not str(config.host).startswith("https://"):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.ssl_ca_cert)
+        if not config.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (ssl.SSLError, OSError) as error:
+        raise KubeAuthError(f"TLS files do not load: {error}") from error
+    return context
 
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """Everything needed to open TLS connections to one API server."""
+    """Everything needed to open TLS connections to one API server.
+
+    The file fields are as first loaded (for messages and tests); requests take their TLS
+    context from `credentials`, which follows the files as they rotate.
+    """
 
     server: str
     ca_file: str | None
@@ -118,7 +223,8 @@ def _in_cluster(env: Mapping[str, str], token_file: str, ca_file: str) -> Connec
             raise KubeAuthError(f"in-cluster configuration ({token_file}): {error}") from error
         return configuration
 
-    return _connection(load, f"in-cluster service account ({token_file})")
+    source = f"in-cluster service account ({token_file})"
+    return _connection(load, source, (token_file, ca_file))
 
 
 def _from_kubeconfig(path: str, context: str | None) -> Connection:
@@ -139,12 +245,15 @@ def _from_kubeconfig(path: str, context: str | None) -> Connection:
             raise KubeAuthError(f"{where}: no cluster server URL")
         return configuration
 
-    return _connection(load, where)
+    files = tuple(os.path.expanduser(p) for p in path.split(os.pathsep) if p)
+    return _connection(load, where, files)
 
 
-def _connection(load: Callable[[], Configuration], source: str) -> Connection:
+def _connection(
+    load: Callable[[], Configuration], source: str, files: tuple[str, ...]
+) -> Connection:
     config = load()
-    credentials = Credentials(load, config)
+    credentials = Credentials(load, config, files)
     return Connection(
         server=str(config.host).rstrip("/"),
         ca_file=config.ssl_ca_cert,

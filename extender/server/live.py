@@ -1,8 +1,9 @@
 """Live mode: the informers, readiness and binder that connect the extender to a cluster.
 
-`Live` owns one API connection and the two informers feeding `cluster.pods`/`cluster.nodes`;
-`Live.run_informers` is an aiohttp cleanup_ctx, so the informers start and stop with the app.
-`LiveReadiness` is what /readyz and a fail-closed filter consult; `ApiBinder` POSTs bindings.
+`Live` owns one API connection, the two informers feeding `cluster.pods`/`cluster.nodes` and the
+probe that checks the API server answers (extender/kube/probe.py); `Live.run_informers` is an
+aiohttp cleanup_ctx, so they start and stop with the app. `LiveReadiness` is what /readyz and a
+fail-closed filter consult; `ApiBinder` POSTs bindings.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from extender.heap import loading
 from extender.kube.informer import NODES, PODS, Informer, InformerObserver, Sleep
 from extender.kube.kubeapi import ApiStatusError, KubeApi, KubeApiError
 from extender.kube.kubeauth import Connection, load_connection
+from extender.kube.probe import ApiProbe
 from extender.server.app import create_app
 from extender.server.metrics import Metrics
 from extender.settings import Settings
@@ -30,11 +32,14 @@ log = logging.getLogger(__name__)
 
 
 class LiveReadiness:
-    """Ready once every informer has synced, and while none has been broken for too long.
+    """Ready once every informer has synced, and while the index is known to be current.
 
     A short outage does not flip readiness: the index is still nearly right and the watch
     resumes from its resourceVersion. Past `staleness_seconds` the index may be missing pods
     that took ports meanwhile, so filter answers Error (fail closed) or passes (fail open).
+    "Past the bound" is any of: a watch failing that long; the API server not answering the
+    probe that long (a stall: connections open, nothing flows); and after such a silence, or a
+    freeze of our own process, until every watch has shown it is live again.
     """
 
     def __init__(
@@ -43,10 +48,12 @@ class LiveReadiness:
         *,
         staleness_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        probe: ApiProbe | None = None,
     ) -> None:
         self._informers = informers
         self._staleness = staleness_seconds
         self._clock = clock
+        self._probe = probe
 
     def check(self) -> str | None:
         for informer in self._informers:
@@ -60,6 +67,24 @@ class LiveReadiness:
                     return (
                         f"{status.resource} watch broken for {broken_for:.0f} s "
                         f"(staleness bound {self._staleness:g} s){reason}"
+                    )
+        if self._probe is None:
+            return None
+        probe = self._probe.status()
+        silent_for = self._clock() - probe.answered_at
+        if silent_for > self._staleness:
+            why = probe.last_error or "the probe is still waiting for an answer"
+            return (
+                f"the API server has not answered for {silent_for:.0f} s "
+                f"(staleness bound {self._staleness:g} s): {why}"
+            )
+        if probe.resync_after is not None:
+            for informer in self._informers:
+                since = informer.status().current_since
+                if since is None or since < probe.resync_after:
+                    return (
+                        f"{informer.resource.name} watch not yet shown live after the API "
+                        "server was silent (or this process paused) past the staleness bound"
                     )
         return None
 
@@ -116,18 +141,30 @@ class Live:
         )
         self.pods = informer(PODS, cluster.pods)
         self.nodes = informer(NODES, cluster.nodes)
+        self.probe = ApiProbe(
+            self.api, staleness_seconds=staleness_seconds, on_recovered=self._wake, clock=clock
+        )
         self.readiness = LiveReadiness(
-            (self.pods, self.nodes), staleness_seconds=staleness_seconds, clock=clock
+            (self.pods, self.nodes),
+            staleness_seconds=staleness_seconds,
+            clock=clock,
+            probe=self.probe,
         )
         self.binder = ApiBinder(self.api)
 
+    def _wake(self, resync: bool) -> None:
+        """The probe was answered again: informers retry now (and restart their watches)."""
+        for informer in (self.pods, self.nodes):
+            informer.wake(restart_watch=resync)
+
     async def run_informers(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: open the connection and run both informers for the app's lifetime."""
+        """cleanup_ctx: open the connection and run the informers and the probe."""
         await self.api.open()
         tasks = [
             asyncio.create_task(informer.run(), name=f"informer-{informer.resource.name}")
             for informer in (self.pods, self.nodes)
         ]
+        tasks.append(asyncio.create_task(self.probe.run(), name="api-probe"))
         tasks.append(asyncio.create_task(self._freeze_heap_once_synced(), name="heap-freeze"))
         try:
             yield

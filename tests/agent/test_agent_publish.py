@@ -35,6 +35,7 @@ from extender.core.pods import decode_pod
 from extender.kube.kubeapi import KubeApi
 from extender.kube.kubeauth import load_connection
 from extender.settings import Settings
+from extender.webhook import certs
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.objects import node, pod, port
 
@@ -243,6 +244,27 @@ async def test_https_api_verified_with_the_kubeconfig_ca(tmp_path: Path) -> None
         await fake.stop()
     assert node_annotations(fake) == {OBSERVED: "443/TCP"}
     assert [r.authorization for r in fake.requests] == [f"Bearer {TOKEN}"]
+
+
+async def test_a_rotated_client_certificate_is_picked_up(tmp_path: Path) -> None:
+    """The API server trusts only a new client CA and the pair is rewritten in place: the
+    agent's next PATCH uses the new certificate, without a restart."""
+    pki = Pki.create(tmp_path / "pki")
+    fake = FakeApiServer(pki=pki)
+    fake.put("nodes", {"metadata": {"name": "node-a"}})
+    await fake.start()
+    try:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "config", client_cert=pki.issue_client("a"))
+        async with KubeApi(load_connection(str(kubeconfig))) as api:
+            patch = api_patcher(api)
+            await patch("node-a", {OBSERVED: "22/TCP"})
+            new_ca = certs.new_authority("fake-client-ca-2", days=2)
+            fake.trust_client_ca(new_ca)
+            pki.issue_client("a", authority=new_ca)
+            await patch("node-a", {OBSERVED: "22/TCP,443/TCP"})
+    finally:
+        await fake.stop()
+    assert node_annotations(fake) == {OBSERVED: "22/TCP,443/TCP"}
 
 
 def _add_dead_context(kubeconfig: Path) -> None:

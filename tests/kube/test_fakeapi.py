@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from extender.webhook import certs
 from tests.fakeapi import FakeApiServer, Pki, eventually
 
 AUTH = {"Authorization": "Bearer token-1"}
@@ -280,6 +281,47 @@ async def test_client_certificate_authenticates_over_tls(tmp_path: Path) -> None
             assert response.status == 200
     finally:
         await fake.stop()
+
+
+async def test_a_rotated_client_ca_rejects_old_certificates_per_request(tmp_path: Path) -> None:
+    """After trust_client_ca only the new CA's certificates pass; the old ones get 401."""
+    pki = Pki.create(tmp_path)
+    fake = FakeApiServer(pki=pki)
+    await fake.start()
+    try:
+        old = ssl.create_default_context(cafile=str(pki.ca_cert))
+        old.load_cert_chain(*pki.issue_client("alice"))
+        new_ca = certs.new_authority("fake-client-ca-2", days=2)
+        new = ssl.create_default_context(cafile=str(pki.ca_cert))
+        new.load_cert_chain(*pki.issue_client("alice", authority=new_ca, name="alice-2"))
+        async with aiohttp.ClientSession() as client:
+            statuses = []
+            for context in (old, old, new):
+                async with client.get(fake.url + "/api/v1/nodes", ssl=context) as response:
+                    statuses.append(response.status)
+                fake.trust_client_ca(new_ca)
+        assert statuses == [200, 401, 200]
+    finally:
+        await fake.stop()
+
+
+async def test_a_stall_holds_requests_and_watches_until_resume(
+    fake: FakeApiServer, http: aiohttp.ClientSession
+) -> None:
+    """stall(): the watch writes half a line then nothing, a new request is not answered."""
+    params = {"watch": "1", "resourceVersion": str(fake.rv)}
+    async with http.get(fake.url + "/api/v1/nodes", params=params) as response:
+        fake.stall(partial_line=b'{"type":"ADD')
+        fake.put("nodes", {"metadata": {"name": "n1"}})
+        assert await asyncio.wait_for(response.content.read(12), 5) == b'{"type":"ADD'
+        held = asyncio.ensure_future(get_json(http, fake.url + "/api/v1/nodes"))
+        done, _ = await asyncio.wait(
+            [held, asyncio.ensure_future(response.content.read(1))], timeout=0.5
+        )
+        assert not done
+        fake.resume()
+        status, listed = await asyncio.wait_for(held, 5)
+        assert (status, [n["metadata"]["name"] for n in listed["items"]]) == (200, ["n1"])
 
 
 async def test_injected_429_carries_retry_after(

@@ -169,6 +169,32 @@ async def test_410_error_event_mid_stream_relists(stack: Stack) -> None:
     await eventually(stack.in_sync)
 
 
+async def test_410_right_after_a_relist_relists_again_without_a_backoff(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each relist is outdated before its watch starts (410 again): relist at once, no sleep."""
+    fake = stack.fake
+    spoiled_pages = 0
+
+    def churn_and_compact(kind: str) -> None:
+        nonlocal spoiled_pages
+        if kind == "pods" and spoiled_pages < 6:  # two relists of three pages
+            spoiled_pages += 1
+            fake.put("pods", pod("churn"))
+            fake.compact()
+
+    fake.after_list_page = churn_and_compact
+    fake.expire_watches()
+    await eventually(lambda: stack.pod_informer.status().relists == 3)
+    await eventually(stack.in_sync)
+    # (The nodes informer sees every compaction too, and may reach the MAX_GONE_IN_A_ROW guard.)
+    assert [
+        r.message
+        for r in caplog.records
+        if r.message.startswith("pods: ") and "retrying" in r.message
+    ] == []
+
+
 async def test_expired_continue_token_restarts_the_list(stack: Stack) -> None:
     """A 410 on a continue token restarts the list from scratch, not from the stale token."""
     fake = stack.fake

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from extender.kube import kubeauth
 from extender.kube.kubeapi import ApiStatusError, KubeApi
 from extender.kube.kubeauth import Connection, KubeAuthError, load_connection
+from extender.webhook import certs
 from tests.fakeapi import FakeApiServer, Pki
 
 EXEC_PLUGIN = """\
@@ -70,6 +72,54 @@ async def test_kubeconfig_with_client_certificate(tls_fake: FakeApiServer, tmp_p
     assert connection.client_cert_file == str(cert[0])
     assert await list_nodes(connection) == ["n1"]
     assert tls_fake.requests[-1].authorization is None
+
+
+@pytest.mark.parametrize("how", ["files-in-place", "kubeconfig-rewritten"])
+async def test_rotated_client_certificate_and_ca_bundle_are_used_without_a_restart(
+    tls_fake: FakeApiServer, tmp_path: Path, how: str
+) -> None:
+    """The agent's node patch works across a client-CA rotation and a serving-CA rotation."""
+    pki = tls_fake.pki
+    assert pki is not None
+    path = tls_fake.write_kubeconfig(tmp_path / "config", client_cert=pki.issue_client("agent"))
+    patch = {"metadata": {"annotations": {"rotation": "1"}}}
+    async with KubeApi(load_connection(str(path))) as api:
+        await api.patch_node_metadata("n1", patch)
+        new_ca = certs.new_authority("fake-client-ca-2", days=2)
+        tls_fake.trust_client_ca(new_ca)
+        if how == "files-in-place":
+            pki.issue_client("agent", authority=new_ca)
+        else:
+            new_pair = pki.issue_client("agent", authority=new_ca, name="agent-2")
+            tls_fake.write_kubeconfig(path, client_cert=new_pair)
+        await api.patch_node_metadata("n1", {"metadata": {"annotations": {"rotation": "2"}}})
+        await tls_fake.rotate_serving_ca()
+        await api.patch_node_metadata("n1", {"metadata": {"annotations": {"rotation": "3"}}})
+        assert api.connection.credentials.reloads >= 2
+    assert tls_fake.get("nodes", "n1")["metadata"]["annotations"] == {"rotation": "3"}
+
+
+def test_a_pair_caught_mid_rotation_keeps_the_previous_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate rewritten before its key: the old pair stays in use until both match."""
+    monkeypatch.setattr(kubeauth, "RECHECK_SECONDS", 0.0)
+    pki = Pki.create(tmp_path / "pki")
+    fake = FakeApiServer(pki=pki)
+    fake.port = 6443
+    cert, key = pki.issue_client("agent")
+    credentials = load_connection(
+        str(fake.write_kubeconfig(tmp_path / "config", client_cert=(cert, key)))
+    ).credentials
+    before = credentials.current().ssl
+    assert before is not None
+    new_cert, new_key = pki.issue_client("agent", name="agent-next")
+    cert.write_bytes(new_cert.read_bytes())
+    assert credentials.current().ssl is before
+    assert credentials.reloads == 0
+    key.write_bytes(new_key.read_bytes())
+    assert credentials.current().ssl is not before
+    assert credentials.reloads == 1
 
 
 def write_plugin(directory: Path, token: str, expiry: str) -> list[str]:
