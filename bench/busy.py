@@ -360,8 +360,10 @@ def run(
     plan: BusyPlan,
     templates: bodies.Templates,
     out: Path,
+    *,
     seed: int = 1,
     profile: Path | None = None,
+    gc_only: bool = False,
 ) -> list[dict[str, Any]]:
     """The whole busy-cluster benchmark; its JSON lines."""
     logs = out / "logs"
@@ -383,6 +385,7 @@ def run(
                 ours_command = [
                     sys.executable, "-m", "bench.profile_server", "--kubeconfig", str(kubeconfig),
                     "--listen", "127.0.0.1:0", "--out", str(profile),
+                    *(["--gc-only"] if gc_only else []),
                 ]  # fmt: skip
             with (
                 servers.running("null", servers.null_command(), logs) as null,
@@ -413,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="ours under pyinstrument: bench/results/profile/"
     )
+    parser.add_argument(
+        "--gc-pauses", action="store_true", help="only record ours' collector pauses, same place"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.sizes:
@@ -422,8 +428,14 @@ def main(argv: list[str] | None = None) -> int:
             plan.round_s,
             plan.cpu_phase_s,
         )
-    profile = args.out / "profile" / "busy-ours" if args.profile else None
-    lines = run(plan, bodies.load_templates(args.payloads), args.out, profile=profile)
+    profile = args.out / "profile" / "busy-ours" if args.profile or args.gc_pauses else None
+    lines = run(
+        plan,
+        bodies.load_templates(args.payloads),
+        args.out,
+        profile=profile,
+        gc_only=args.gc_pauses,
+    )
     for line in lines:
         sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
     return 0

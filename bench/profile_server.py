@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--out", type=Path, required=True, help="writes PREFIX.txt, PREFIX.html")
     parser.add_argument("--interval", type=float, default=0.0005, help="sampling interval, s")
+    parser.add_argument(
+        "--gc-only", action="store_true", help="no sampling: only the collector's pauses (.txt)"
+    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     settings = Settings(listen_host=host, listen_port=int(port))
@@ -84,16 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     summary += " (profiled)"
     pauses = GcPauses()
     gc.callbacks.append(pauses)
-    profiler = Profiler(interval=args.interval, async_mode="disabled")
-    profiler.start()
+    profiler = None if args.gc_only else Profiler(interval=args.interval, async_mode="disabled")
+    if profiler is not None:
+        profiler.start()
     try:
         asyncio.run(serve_app(app, settings, summary))
     finally:
-        profiler.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        text = profiler.output_text(show_all=False)
-        args.out.with_suffix(".txt").write_text(pauses.summary() + text)
-        args.out.with_suffix(".html").write_text(profiler.output_html())
+        if profiler is None:
+            args.out.with_suffix(".txt").write_text(pauses.summary())
+        else:
+            profiler.stop()
+            text = profiler.output_text(show_all=False)
+            args.out.with_suffix(".txt").write_text(pauses.summary() + text)
+            args.out.with_suffix(".html").write_text(profiler.output_html())
     return 0
 
 

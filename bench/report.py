@@ -93,6 +93,26 @@ def targets(lines: Sequence[Line]) -> list[Target]:
                 "x",
             )
         )
+    key = ("filter-names-rejected", 5000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target(
+                "filter, 5,000 NodeNames, pod rejected on every node: p50 / null p50",
+                _ratio(ours[key], null[key]),
+                3.0,
+                "x",
+            )
+        )
+    key = ("prioritize-names-hostport", 5000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target(
+                "prioritize, 5,000 NodeNames: p50 / null p50",
+                _ratio(ours[key], null[key]),
+                1.5,
+                "x",
+            )
+        )
     key = ("filter-nodes-hostport", 1000, 1)
     if key in ours and key in null:
         found.append(

@@ -87,6 +87,19 @@ def _settle_body(templates: bodies.Templates, request: dict[str, Any], node: str
     )
 
 
+def rejected_everywhere(request: dict[str, Any]) -> dict[str, Any]:
+    """The captured pod as a second statsd agent: hostNetwork, 8125/UDP, which every generated
+    node's datadog agent holds. Every node rejects it: the path a stuck DaemonSet rollout (or a
+    pinned pod that cannot fit) pays on each of the scheduler's retries."""
+    pod = orjson.loads(orjson.dumps(request["Pod"]))
+    pod["metadata"]["name"] = "statsd-agent"
+    pod["spec"]["hostNetwork"] = True
+    pod["spec"]["containers"][0]["ports"] = [
+        {"name": "dogstatsd", "containerPort": 8125, "hostPort": 8125, "protocol": "UDP"}
+    ]
+    return {"Pod": pod}
+
+
 def scenarios(plan: Plan, spec: ClusterSpec, templates: bodies.Templates) -> list[Scenario]:
     """Every serial scenario of `plan`, bodies built once up front."""
     order = list(range(spec.nodes))
@@ -110,6 +123,8 @@ def scenarios(plan: Plan, spec: ClusterSpec, templates: bodies.Templates) -> lis
         settle = driver.Call("/bind", _settle_body(templates, templates.nodes_hostport, names[0]))
         found.append(Scenario("filter-nodes-hostport", size, driver.Call("/filter", body), settle))
     biggest = max(plan.sizes)
+    body = bodies.names_body(rejected_everywhere(templates.names_hostport), names[:biggest])
+    found.append(Scenario("filter-names-rejected", biggest, driver.Call("/filter", body)))
     body = bodies.names_body(templates.names_hostport, names[:biggest])
     found.append(Scenario("prioritize-names-hostport", biggest, driver.Call("/prioritize", body)))
     bind = templates.bind

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from extender.core.inflight import InFlight
+from extender.core.podline import portless_pod_event
 from extender.core.pods import (
     NodePorts,
     PodPorts,
@@ -129,6 +130,10 @@ class Cluster:
             self._refresh_observed(previous.node)
         if settled:
             self.on_change()
+
+    def holds_pod(self, uid: str) -> bool:
+        """Whether anything of `uid` is kept: its ports, or a reservation made for it."""
+        return uid in self.pods_by_uid or uid in self._bound or self.in_flight.get(uid) is not None
 
     def replace_pods(self, pods: Iterable[PodPorts]) -> None:
         """A full relist: pods missing from it are gone and release their ports."""
@@ -306,6 +311,18 @@ class _PodSink:
         # Pods that never held ports are not in the index, so leaving them out of the relist
         # still releases exactly the pods that vanished.
         self._cluster.replace_pods(decode_pod(raw) for raw in raws if self._matters(raw))
+
+    def skippable(self, line: bytes) -> str | None:
+        """The resourceVersion of a raw watch line that cannot change the cluster, else None.
+
+        A pod that claims no host port and that we hold nothing for changes nothing whatever
+        the event (see extender/core/podline.py): the informer only moves its resourceVersion,
+        without decoding the line. Any other line is decoded and applied as usual.
+        """
+        event = portless_pod_event(line)
+        if event is None or self._cluster.holds_pod(event.uid):
+            return None
+        return event.resource_version
 
     def _matters(self, raw: RawObject) -> bool:
         """Whether `raw` can change the index: it may hold ports, or it did until now."""

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from extender.core.sinks import ObjectSink, RawObject
-from extender.kube.kubeapi import ApiStatusError, KubeApi, KubeApiError, RawEvent, WatchStreamError
+from extender.kube.kubeapi import (
+    ApiStatusError,
+    KubeApi,
+    KubeApiError,
+    LineFilter,
+    RawEvent,
+    WatchStreamError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +142,11 @@ class Informer:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         observer: InformerObserver | None = None,
+        skippable: LineFilter | None = None,
     ) -> None:
+        """`skippable` reads raw watch lines before they are decoded (kubeapi.WatchStream)."""
         self.resource = resource
+        self._skippable = skippable
         self._observer = observer or _NoObserver()
         self._api = api
         self._sink = sink
@@ -260,7 +270,9 @@ class Informer:
             params["fieldSelector"] = self.resource.field_selector
         timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
         started = self._clock()
-        stream = await self._api.open_watch(self.resource.path, params, timeout_seconds=timeout)
+        stream = await self._api.open_watch(
+            self.resource.path, params, timeout_seconds=timeout, skippable=self._skippable
+        )
         self._watch_opened_at = started
         events = 0
         try:

@@ -114,7 +114,7 @@ class Live:
             rng=rng,
             observer=observer,
         )
-        self.pods = informer(PODS, cluster.pods)
+        self.pods = informer(PODS, cluster.pods, skippable=cluster.pods.skippable)
         self.nodes = informer(NODES, cluster.nodes)
         self.readiness = LiveReadiness(
             (self.pods, self.nodes), staleness_seconds=staleness_seconds, clock=clock
