@@ -141,7 +141,7 @@ class Live:
 
     async def _freeze_heap_once_synced(self) -> None:
         """Hold the collector off during the first full sync, then freeze the loaded cluster."""
-        with loading():
+        with loading(collect=False):  # requests are being answered: no full collection
             # A one-off wait on status the informers expose without an event: two polls a second.
             while not (self.pods.status().synced and self.nodes.status().synced):  # noqa: ASYNC110
                 await asyncio.sleep(0.5)
