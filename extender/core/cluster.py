@@ -11,7 +11,7 @@ import dataclasses
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
 from extender.core.inflight import InFlight
@@ -138,10 +138,14 @@ class Cluster:
     def replace_pods(self, pods: Iterable[PodPorts]) -> None:
         """A full relist: pods missing from it are gone and release their ports."""
         fresh = {pod.uid: pod for pod in pods}
-        for uid in [uid for uid in self.pods_by_uid if uid not in fresh]:
-            self.remove_pod(uid)
+        self.release_pods_except(fresh)
         for pod in fresh.values():
             self.apply_pod(pod)
+
+    def release_pods_except(self, kept: Container[str]) -> None:
+        """Remove every held pod whose UID is not in `kept` (the end of a relist)."""
+        for uid in [uid for uid in self.pods_by_uid if uid not in kept]:
+            self.remove_pod(uid)
 
     # --- bindings and reservations -----------------------------------------------------------
 
@@ -250,10 +254,14 @@ class Cluster:
 
     def replace_nodes(self, nodes: Iterable[NodePorts]) -> None:
         fresh = {node.name: node for node in nodes}
-        for name in [name for name in self.nodes_known if name not in fresh]:
-            self.remove_node(name)
+        self.release_nodes_except(fresh)
         for node in fresh.values():
             self.apply_node(node)
+
+    def release_nodes_except(self, kept: Container[str]) -> None:
+        """Forget every known node whose name is not in `kept` (the end of a relist)."""
+        for name in [name for name in self.nodes_known if name not in kept]:
+            self.remove_node(name)
 
     def observation_is_stale(self, node: str) -> bool:
         state = self.nodes_known.get(node)
@@ -312,6 +320,17 @@ class _PodSink:
         # still releases exactly the pods that vanished.
         self._cluster.replace_pods(decode_pod(raw) for raw in raws if self._matters(raw))
 
+    def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
+        """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s."""
+        fresh: set[str] = set()
+        for raw in raws:
+            if self._matters(raw):
+                pod = decode_pod(raw)
+                fresh.add(pod.uid)
+                self._cluster.apply_pod(pod)
+            yield
+        self._cluster.release_pods_except(fresh)
+
     def skippable(self, line: bytes) -> str | None:
         """The resourceVersion of a raw watch line that cannot change the cluster, else None.
 
@@ -343,3 +362,13 @@ class _NodeSink:
 
     def replace(self, raws: list[RawObject]) -> None:
         self._cluster.replace_nodes(decode_node(raw) for raw in raws)
+
+    def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
+        """`replace`, one node per step (see SteppedSink)."""
+        fresh: set[str] = set()
+        for raw in raws:
+            node = decode_node(raw)
+            fresh.add(node.name)
+            self._cluster.apply_node(node)
+            yield
+        self._cluster.release_nodes_except(fresh)

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from extender.core.sinks import ObjectSink, RawObject
+from extender.core.sinks import ObjectSink, RawObject, SteppedSink
+from extender.kube import kubeapi
 from extender.kube.kubeapi import (
     ApiStatusError,
     KubeApi,
@@ -252,7 +253,10 @@ class Informer:
         items, rv = await self._api.list_all(
             self.resource.path, field_selector=self.resource.field_selector, limit=self._page_size
         )
-        self._feed(self._sink.replace, items)
+        if isinstance(self._sink, SteppedSink):
+            await self._replace_in_slices(self._sink, items)
+        else:
+            self._feed(self._sink.replace, items)
         if self._synced:
             self._relists += 1
         self._synced = True
@@ -309,6 +313,19 @@ class Informer:
             self._rv = rv
         self._last_event_at = self._clock()
         self._observer.event(self.resource.name)
+
+    async def _replace_in_slices(self, sink: SteppedSink, items: list[RawObject]) -> None:
+        """Hand a list over a step at a time, yielding to requests every SLICE_SECONDS of work."""
+        clock = time.perf_counter
+        started = clock()
+        try:
+            for _ in sink.replace_in_steps(items):
+                if clock() - started > kubeapi.SLICE_SECONDS:
+                    await asyncio.sleep(0)
+                    started = clock()
+        except Exception:
+            self._sink_errors += 1
+            log.exception("%s: the sink rejected a list", self.resource.name)
 
     def _feed(self, method: Callable[[_T], None], argument: _T) -> None:
         """Hand one update to the sink; a bad object is logged and counted, never fatal.

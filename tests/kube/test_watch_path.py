@@ -131,3 +131,31 @@ async def test_a_burst_of_lines_lets_other_tasks_run_between_slices(
     await eventually(lambda: len(watched.cluster.pods_by_uid) == 301)
     probe.cancel()
     assert seen_mid_burst, "no other task ran while the burst was applied"
+
+
+async def test_a_relist_is_applied_in_slices_too(
+    watched: Watched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a 410 the fresh list is applied a slice at a time, and ends equal to the truth."""
+    monkeypatch.setattr(kubeapi, "SLICE_SECONDS", 0.0)
+    fake = watched.fake
+    fake.pause_watches()  # the new pods reach us only through the relist
+    for i in range(300):
+        put_new(fake, pod(f"listed-{i}", node="n2", ports=[port(7000 + i, 7000 + i)]))
+    fake.compact()
+    seen_mid_relist: list[int] = []
+
+    async def request() -> None:
+        while not seen_mid_relist:
+            applied = len(watched.cluster.pods_by_uid) - 1
+            if 0 < applied < 300:
+                seen_mid_relist.append(applied)
+            await asyncio.sleep(0)
+
+    probe = asyncio.create_task(request())
+    fake.expire_watches()
+    await eventually(lambda: watched.pods.status().relists == 1)
+    fake.resume_watches()
+    await eventually(watched.in_sync)
+    probe.cancel()
+    assert seen_mid_relist, "no other task ran while the relist was applied"
