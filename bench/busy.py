@@ -326,7 +326,7 @@ def cpu_per_event(plan: BusyPlan, fake: FakeApi, ours: servers.Server) -> list[d
     time.sleep(plan.cpu_phase_s)
     idle_rate = (cpu_seconds(pid) - before) / plan.cpu_phase_s
     lines = []
-    for kind, rate in (("plain", 1000), ("ports", 500)):
+    for kind, rate in (("plain", 1000), ("ports", 500), ("plain", 1000), ("ports", 500)):
         events_before = fake.ask("stats")["churned"]
         started = time.perf_counter()
         before = cpu_seconds(pid)
@@ -353,6 +353,77 @@ def cpu_per_event(plan: BusyPlan, fake: FakeApi, ours: servers.Server) -> list[d
             flush=True,
         )
         lines.append(line)
+    # Two alternating rounds of each, on a shared machine: one line per kind, their CPU summed.
+    merged = []
+    for kind in ("plain", "ports"):
+        mine = [line for line in lines if line["pods"] == kind]
+        events = sum(line["events"] for line in mine)
+        cpu = sum(line["cpu_s"] for line in mine)
+        idle = sum(line["idle_cpu_s"] for line in mine)
+        merged.append(
+            mine[0]
+            | {
+                "events": events,
+                "cpu_s": cpu,
+                "idle_cpu_s": idle,
+                "cpu_ms_per_1000": 1e6 * max(0.0, cpu - idle) / events if events else 0.0,
+                "rounds_ms_per_1000": [round(line["cpu_ms_per_1000"], 1) for line in mine],
+            }
+        )
+    return merged
+
+
+def stall_probes(
+    fake: FakeApi, ours: servers.Server, maker: PodMaker, names_json: bytes
+) -> list[dict[str, Any]]:
+    """How long a filter call waits while a big watch burst, then a relist, is applied.
+
+    Filter calls (a pod without host ports, serial) run for 1 s before the trigger and 3 s
+    after it; reported: the slowest call and p99 before, and the slowest call after.
+    """
+    pod = orjson.dumps(maker.pod(1))
+    call = driver.Call(
+        "/filter", b'{"Pod":' + pod + b',"Nodes":null,"NodeNames":' + names_json + b"}"
+    )
+    client = driver.SerialClient(ours)
+    lines = []
+    try:
+        for what, command in (
+            ("a burst of 5,000 watch events", "burst 5000"),
+            ("a 410 relist", "expire"),
+        ):
+            wait_idle(ours.process.pid)
+            clock = time.perf_counter
+            before: list[float] = []
+            after: list[float] = []
+            with collector_paused():
+                started = clock()
+                triggered = False
+                while clock() - started < 4.0:
+                    if not triggered and clock() - started > 1.0:
+                        fake.ask(command)
+                        triggered = True
+                    sent = clock()
+                    client.send(call)
+                    (after if triggered else before).append(clock() - sent)
+            line = {
+                "kind": "busy-stall",
+                "what": what,
+                "before_max_ms": max(before) * 1000,
+                "before_p99_ms": _ms(before, 99),
+                "after_max_ms": max(after) * 1000,
+                "after_p99_ms": _ms(after, 99),
+            }
+            print(
+                f"  filter while {what}: slowest {line['after_max_ms']:.1f} ms "
+                f"(before it: slowest {line['before_max_ms']:.1f} ms, "
+                f"p99 {line['before_p99_ms']:.1f})",
+                flush=True,
+            )
+            lines.append(line)
+        wait_ready(ours)
+    finally:
+        client.close()
     return lines
 
 
@@ -394,8 +465,11 @@ def run(
                 synced = wait_ready(ours)
                 print(f"busy: ours synced in {synced:.1f} s", flush=True)
                 lines = cpu_per_event(plan, fake, ours)
-                scheduler = Scheduler(fake, PodMaker(templates, seed), seed)
+                maker = PodMaker(templates, seed)
+                scheduler = Scheduler(fake, maker, seed)
                 lines += busy_rounds(plan, fake, ours, null, scheduler)
+                names = orjson.dumps([node_name(index) for index in range(300)])
+                lines += stall_probes(fake, ours, maker, names)
                 rss, peak = servers.memory_mb(ours)
                 for line in lines:
                     line["ours_rss_mb"], line["ours_peak_rss_mb"] = rss, peak

@@ -19,6 +19,8 @@ Commands, one per line on stdin; those marked * answer one line `ok {json}` on s
                             RATE 0 stops
     pause                 * hold watch events back (nobody watches during the null's rounds)
     resume                * deliver the held events, in order
+    burst COUNT           * COUNT status updates of pods with host ports at once (one chunk)
+    expire                * forget the history and end every watch with 410: a full relist
     stats                 * {"events": pod changes made so far, "churned": status updates}
 """
 
@@ -192,6 +194,14 @@ class BusyApi:
             return {}
         if verb == "resume":
             self.fake.resume_watches()
+            return {"rv": self.fake.rv}
+        if verb == "burst":
+            for _ in range(int(rest)):
+                self._status_update("ports")
+            return {"rv": self.fake.rv}
+        if verb == "expire":
+            self.fake.compact()
+            self.fake.expire_watches()  # ERROR 410 on the open watches: the informers relist
             return {"rv": self.fake.rv}
         if verb == "stats":
             return {"events": self.events, "churned": self.churned, "rv": self.fake.rv}

@@ -226,7 +226,16 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
                 f"Watch events only, pods {what} host ports: {line['events']:,} status updates "
                 f"at {line['rate']}/s; ours {line['cpu_s'] * 1000:.0f} ms CPU (idle rate "
                 f"{line['idle_cpu_s'] * 1000:.0f} ms of it) = "
-                f"**{line['cpu_ms_per_1000']:.1f} ms per 1,000 events** (/proc/PID/stat)."
+                f"**{line['cpu_ms_per_1000']:.1f} ms per 1,000 events** (/proc/PID/stat; "
+                f"the rounds: {', '.join(map(str, line.get('rounds_ms_per_1000', [])))} ms)."
+            )
+    for line in lines:
+        if line.get("kind") == "busy-stall":
+            out.append("")
+            out.append(
+                f"A filter call (300 names) while {line['what']} is applied: slowest "
+                f"{line['after_max_ms']:.1f} ms (in the second before: slowest "
+                f"{line['before_max_ms']:.1f} ms, p99 {line['before_p99_ms']:.1f} ms)."
             )
     return out
 

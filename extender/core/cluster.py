@@ -14,9 +14,13 @@ import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
+import orjson
+
 from extender.core.inflight import InFlight
 from extender.core.podline import portless_pod_event
 from extender.core.pods import (
+    LISTEN_ANNOTATION,
+    PROTECTED_ANNOTATION,
     NodePorts,
     PodPorts,
     cluster_reserved_claims,
@@ -133,7 +137,11 @@ class Cluster:
 
     def holds_pod(self, uid: str) -> bool:
         """Whether anything of `uid` is kept: its ports, or a reservation made for it."""
-        return uid in self.pods_by_uid or uid in self._bound or self.in_flight.get(uid) is not None
+        return uid in self.pods_by_uid or self.has_reservation(uid)
+
+    def has_reservation(self, uid: str) -> bool:
+        """Whether `uid` has a tentative (in-flight) or a bound reservation."""
+        return uid in self._bound or self.in_flight.get(uid) is not None
 
     def replace_pods(self, pods: Iterable[PodPorts]) -> None:
         """A full relist: pods missing from it are gone and release their ports."""
@@ -307,29 +315,59 @@ class _PodSink:
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
+        self._shapes: dict[str, tuple[int, PodPorts]] = {}
+        """uid -> (port shape of the raw pod, the record decoded from it), for held pods."""
 
     def upsert(self, raw: RawObject) -> None:
-        if self._matters(raw):
-            self._cluster.apply_pod(decode_pod(raw))
+        if not self._matters(raw):
+            return
+        # Most events of a pod holding ports are status updates: when everything the decoder
+        # reads is as it was for the record we hold, decoding again would give that record.
+        uid = pod_uid(raw)
+        shape = _port_shape(raw)
+        known = self._shapes.get(uid)
+        cluster = self._cluster
+        if (
+            known is not None
+            and known[0] == shape
+            and cluster.pods_by_uid.get(uid) is known[1]
+            and not cluster.has_reservation(uid)
+        ):
+            return
+        pod = decode_pod(raw)
+        cluster.apply_pod(pod)
+        self._remember(pod, shape)
 
     def delete(self, raw: RawObject) -> None:
-        self._cluster.remove_pod(pod_uid(raw))
+        uid = pod_uid(raw)
+        self._shapes.pop(uid, None)
+        self._cluster.remove_pod(uid)
 
     def replace(self, raws: list[RawObject]) -> None:
         # Pods that never held ports are not in the index, so leaving them out of the relist
         # still releases exactly the pods that vanished.
+        self._shapes.clear()
         self._cluster.replace_pods(decode_pod(raw) for raw in raws if self._matters(raw))
 
     def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
         """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s."""
+        self._shapes.clear()
         fresh: set[str] = set()
         for raw in raws:
             if self._matters(raw):
                 pod = decode_pod(raw)
                 fresh.add(pod.uid)
                 self._cluster.apply_pod(pod)
+                self._remember(pod, _port_shape(raw))
             yield
         self._cluster.release_pods_except(fresh)
+
+    def _remember(self, pod: PodPorts, shape: int | None) -> None:
+        """Note the shape `pod` was decoded from, while the cluster holds exactly that record."""
+        if shape is not None and self._cluster.pods_by_uid.get(pod.uid) is pod:
+            self._shapes[pod.uid] = (shape, pod)
+        else:
+            self._shapes.pop(pod.uid, None)
 
     def skippable(self, line: bytes) -> str | None:
         """The resourceVersion of a raw watch line that cannot change the cluster, else None.
@@ -346,6 +384,34 @@ class _PodSink:
     def _matters(self, raw: RawObject) -> bool:
         """Whether `raw` can change the index: it may hold ports, or it did until now."""
         return may_hold_ports(raw) or pod_uid(raw) in self._cluster.pods_by_uid
+
+
+def _port_shape(raw: RawObject) -> int | None:
+    """A digest of every field `decode_pod` reads beyond the UID (None: not digestible).
+
+    The whole spec (containers, init containers, hostNetwork, nodeName, schedulerName), the
+    two annotations it reads, and the phase; a status update changes none of them.
+    """
+    metadata = raw.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    status = raw.get("status")
+    try:
+        return hash(
+            orjson.dumps(
+                [
+                    raw.get("spec"),
+                    annotations.get(LISTEN_ANNOTATION)
+                    if isinstance(annotations, dict)
+                    else annotations,
+                    annotations.get(PROTECTED_ANNOTATION)
+                    if isinstance(annotations, dict)
+                    else None,
+                    status.get("phase") if isinstance(status, dict) else status,
+                ]
+            )
+        )
+    except TypeError:
+        return None  # not JSON (a snapshot's YAML can hold other types): always decode
 
 
 class _NodeSink:

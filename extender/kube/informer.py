@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from extender.core.sinks import ObjectSink, RawObject, SteppedSink
+from extender.heap import collector_paused
 from extender.kube import kubeapi
 from extender.kube.kubeapi import (
     ApiStatusError,
@@ -250,13 +251,21 @@ class Informer:
         self._observer.watch_restarted(self.resource.name)
 
     async def _relist(self) -> None:
-        items, rv = await self._api.list_all(
-            self.resource.path, field_selector=self.resource.field_selector, limit=self._page_size
-        )
-        if isinstance(self._sink, SteppedSink):
-            await self._replace_in_slices(self._sink, items)
-        else:
-            self._feed(self._sink.replace, items)
+        # Until it is applied, a list of 10^5 pods is ~10^7 live objects: a full collection
+        # among them stalled every request for ~0.45 s (bench.busy's relist probe). They hold
+        # no cycles, and reference counting frees them once the list is applied.
+        with collector_paused():
+            items, rv = await self._api.list_all(
+                self.resource.path,
+                field_selector=self.resource.field_selector,
+                limit=self._page_size,
+            )
+            if isinstance(self._sink, SteppedSink):
+                await self._replace_in_slices(self._sink, items)
+            else:
+                self._feed(self._sink.replace, items)
+            count = len(items)
+            del items[:]  # freed here, with the collector still off
         if self._synced:
             self._relists += 1
         self._synced = True
@@ -264,7 +273,7 @@ class Informer:
         self._broken_since = None
         self._last_event_at = self._clock()
         self._observer.listed(self.resource.name)
-        log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, len(items), rv)
+        log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, count, rv)
 
     async def _watch(self) -> None:
         """One watch from the current RV until the server ends it cleanly; errors raise."""
