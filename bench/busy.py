@@ -24,6 +24,7 @@ without host ports and for pods with them.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import random
 import statistics
@@ -149,8 +150,6 @@ def fake_api(kubeconfig: Path, log: Path, seed: int) -> Iterator[FakeApi]:
 
 def wait_ready(server: servers.Server, limit_s: float = 600.0) -> float:
     """Seconds until GET /readyz answers 200 (live mode: both informers synced)."""
-    import http.client  # noqa: PLC0415
-
     started = time.perf_counter()
     while time.perf_counter() - started < limit_s:
         connection = http.client.HTTPConnection(server.host, server.port, timeout=5)
