@@ -24,6 +24,7 @@ from pyinstrument import Profiler
 
 from extender.server.app import create_app
 from extender.server.binding import SnapshotBinder
+from extender.server.live import create_live_app
 from extender.server.metrics import new_metrics
 from extender.server.readiness import AlwaysReady
 from extender.server.serve import load_snapshot_cluster, serve_app
@@ -55,37 +56,51 @@ class GcPauses:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.profile_server --snapshot FILE --listen HOST:PORT --out PREFIX`."""
+    """`python -m bench.profile_server (--snapshot F | --kubeconfig F) --listen H:P --out P`."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile_server")
-    parser.add_argument("--snapshot", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--snapshot", type=Path)
+    source.add_argument("--kubeconfig", help="live mode, as `serve --kubeconfig` (bench.busy)")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--out", type=Path, required=True, help="writes PREFIX.txt, PREFIX.html")
     parser.add_argument("--interval", type=float, default=0.0005, help="sampling interval, s")
+    parser.add_argument(
+        "--gc-only", action="store_true", help="no sampling: only the collector's pauses (.txt)"
+    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     settings = Settings(listen_host=host, listen_port=int(port))
-    # Loaded exactly as `serve --snapshot` loads it (GC policy, compaction, freeze).
-    cluster, summary = load_snapshot_cluster(settings, [args.snapshot])
+    if args.kubeconfig:
+        app, _, summary = create_live_app(
+            settings, kubeconfig=args.kubeconfig, context=None, metrics=new_metrics()
+        )
+    else:
+        # Loaded exactly as `serve --snapshot` loads it (GC policy, compaction, freeze).
+        cluster, summary = load_snapshot_cluster(settings, [args.snapshot])
+        app = create_app(
+            cluster,
+            settings,
+            binder=SnapshotBinder(cluster),
+            readiness=AlwaysReady(),
+            metrics=new_metrics(),
+        )
     summary += " (profiled)"
-    app = create_app(
-        cluster,
-        settings,
-        binder=SnapshotBinder(cluster),
-        readiness=AlwaysReady(),
-        metrics=new_metrics(),
-    )
     pauses = GcPauses()
     gc.callbacks.append(pauses)
-    profiler = Profiler(interval=args.interval, async_mode="disabled")
-    profiler.start()
+    profiler = None if args.gc_only else Profiler(interval=args.interval, async_mode="disabled")
+    if profiler is not None:
+        profiler.start()
     try:
         asyncio.run(serve_app(app, settings, summary))
     finally:
-        profiler.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        text = profiler.output_text(show_all=False)
-        args.out.with_suffix(".txt").write_text(pauses.summary() + text)
-        args.out.with_suffix(".html").write_text(profiler.output_html())
+        if profiler is None:
+            args.out.with_suffix(".txt").write_text(pauses.summary())
+        else:
+            profiler.stop()
+            text = profiler.output_text(show_all=False)
+            args.out.with_suffix(".txt").write_text(pauses.summary() + text)
+            args.out.with_suffix(".html").write_text(profiler.output_html())
     return 0
 
 

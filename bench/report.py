@@ -93,6 +93,26 @@ def targets(lines: Sequence[Line]) -> list[Target]:
                 "x",
             )
         )
+    key = ("filter-names-rejected", 5000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target(
+                "filter, 5,000 NodeNames, pod rejected on every node: p50 / null p50",
+                _ratio(ours[key], null[key]),
+                3.0,
+                "x",
+            )
+        )
+    key = ("prioritize-names-hostport", 5000, 1)
+    if key in ours and key in null:
+        found.append(
+            Target(
+                "prioritize, 5,000 NodeNames: p50 / null p50",
+                _ratio(ours[key], null[key]),
+                1.5,
+                "x",
+            )
+        )
     key = ("filter-nodes-hostport", 1000, 1)
     if key in ours and key in null:
         found.append(
@@ -100,6 +120,7 @@ def targets(lines: Sequence[Line]) -> list[Target]:
                 "filter, 1,000 full Nodes: p50 / null p50", _ratio(ours[key], null[key]), 1.5, "x"
             )
         )
+    found += busy_targets(lines)
     for line in lines:
         if line.get("kind") == "ingest":
             label = f"{line['pods']:,} pods / {line['nodes']:,} nodes"
@@ -117,6 +138,106 @@ def targets(lines: Sequence[Line]) -> list[Target]:
             )
             found.append(Target("peak RSS after ingest", line["peak_rss_mb"], 200.0, "MB"))
     return found
+
+
+def _busy(lines: Sequence[Line], server: str) -> dict[int, Line]:
+    return {
+        line["nodes"]: line
+        for line in lines
+        if line.get("kind") == "busy" and line["server"] == server
+    }
+
+
+def busy_targets(lines: Sequence[Line]) -> list[Target]:
+    """The busy-cluster targets of issue 15: throughput, tail under load, CPU per event."""
+    ours, null = _busy(lines, OURS), _busy(lines, NULL)
+    found: list[Target] = []
+    for nodes in (300, 1000):
+        if nodes in ours and nodes in null and null[nodes]["pods_per_s"]:
+            found.append(
+                Target(
+                    f"busy cluster, {nodes:,} names: pods/s ours / null",
+                    ours[nodes]["pods_per_s"] / null[nodes]["pods_per_s"],
+                    0.95,
+                    "x",
+                    at_least=True,
+                )
+            )
+    for nodes in sorted(ours):
+        if nodes in null and null[nodes]["filter_p99_ms"]:
+            found.append(
+                Target(
+                    f"busy cluster, {nodes:,} names: filter p99 ours / null",
+                    ours[nodes]["filter_p99_ms"] / null[nodes]["filter_p99_ms"],
+                    2.0,
+                    "x",
+                )
+            )
+    for line in lines:
+        if line.get("kind") == "busy-cpu":
+            plain = line["pods"] == "plain"
+            found.append(
+                Target(
+                    f"CPU per 1,000 watch events, pods {'without' if plain else 'with'} host ports",
+                    line["cpu_ms_per_1000"],
+                    20.0 if plain else 100.0,
+                    "ms",
+                )
+            )
+    return found
+
+
+def busy_markdown(lines: Sequence[Line]) -> list[str]:
+    """The busy-cluster table: ours in live mode beside the null extender, per size."""
+    ours, null = _busy(lines, OURS), _busy(lines, NULL)
+    if not ours:
+        return []
+    first = next(iter(ours.values()))
+    out = [
+        "",
+        "Busy cluster (`bench/busy.py`: ours in live mode, watching a fake API server with "
+        f"{first.get('ours_sync_s', 0):.1f} s initial sync; serial create, filter, "
+        "prioritize, bind; 1 pod in 3 with a hostPort; 200 status events/s of other pods; "
+        "medians of alternating rounds):",
+        "",
+        "| names | ours pods/s | null pods/s | ratio | ours filter p50 / p99 ms "
+        "| null filter p50 / p99 ms | ours prioritize p50 / p99 ms "
+        "| null prioritize p50 / p99 ms | watch events/s | ours CPU ms per pod |",
+        "|---:|---:|---:|---:|---|---|---|---|---:|---:|",
+    ]
+    for nodes, mine in sorted(ours.items()):
+        base = null.get(nodes)
+        if base is None:
+            continue
+        ratio = mine["pods_per_s"] / base["pods_per_s"] if base["pods_per_s"] else float("inf")
+        out.append(
+            f"| {nodes:,} | {mine['pods_per_s']:,.0f} | {base['pods_per_s']:,.0f} | {ratio:.2f} "
+            f"| {_ms(mine['filter_p50_ms'])} / {_ms(mine['filter_p99_ms'])} "
+            f"| {_ms(base['filter_p50_ms'])} / {_ms(base['filter_p99_ms'])} "
+            f"| {_ms(mine['prioritize_p50_ms'])} / {_ms(mine['prioritize_p99_ms'])} "
+            f"| {_ms(base['prioritize_p50_ms'])} / {_ms(base['prioritize_p99_ms'])} "
+            f"| {mine['events_per_s']:,.0f} | {mine['ours_cpu_ms_per_pod']:.2f} |"
+        )
+    for line in lines:
+        if line.get("kind") == "busy-cpu":
+            what = "without" if line["pods"] == "plain" else "with"
+            out.append("")
+            out.append(
+                f"Watch events only, pods {what} host ports: {line['events']:,} status updates "
+                f"at {line['rate']}/s; ours {line['cpu_s'] * 1000:.0f} ms CPU (idle rate "
+                f"{line['idle_cpu_s'] * 1000:.0f} ms of it) = "
+                f"**{line['cpu_ms_per_1000']:.1f} ms per 1,000 events** (/proc/PID/stat; "
+                f"the rounds: {', '.join(map(str, line.get('rounds_ms_per_1000', [])))} ms)."
+            )
+    for line in lines:
+        if line.get("kind") == "busy-stall":
+            out.append("")
+            out.append(
+                f"A filter call (300 names) while {line['what']} is applied: slowest "
+                f"{line['after_max_ms']:.1f} ms (in the second before: slowest "
+                f"{line['before_max_ms']:.1f} ms, p99 {line['before_p99_ms']:.1f} ms)."
+            )
+    return out
 
 
 def markdown(lines: Sequence[Line], command: str, context: Line) -> str:
@@ -163,6 +284,7 @@ def markdown(lines: Sequence[Line], command: str, context: Line) -> str:
                 f"{line['rss_after_mb']:.0f} MB after, peak {line['peak_rss_mb']:.0f} MB; "
                 f"{line['events']:,} watch events at {line['events_per_s']:,.0f} events/s.",
             ]
+    out += busy_markdown(lines)
     found = targets(lines)
     if found:
         out += ["", "| target | this run | met |", "|---|---|---|"]

@@ -4,7 +4,9 @@
 2. start our server and the null extender as separate processes on loopback;
 3. drive both with the same pre-encoded bodies, in alternating rounds, serial then concurrent;
 4. measure ingest and memory in a subprocess;
-5. write bench/results/results.jsonl (appended), report.md and filter-latency.png, and copy the
+5. the busy cluster (bench/busy.py): ours in live mode against a fake API server streaming pod
+   events, driven like a serial scheduler, beside the null extender;
+6. write bench/results/results.jsonl (appended), report.md and filter-latency.png, and copy the
    table and the plot to docs/bench/ for the README.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from bench import bodies, driver, report, servers
+from bench import bodies, busy, driver, report, servers
 from bench.generate import ClusterSpec, ensure_snapshot, generate_node, node_name
 
 SERVE_NODES = 5000
@@ -85,6 +87,19 @@ def _settle_body(templates: bodies.Templates, request: dict[str, Any], node: str
     )
 
 
+def rejected_everywhere(request: dict[str, Any]) -> dict[str, Any]:
+    """The captured pod as a second statsd agent: hostNetwork, 8125/UDP, which every generated
+    node's datadog agent holds. Every node rejects it: the path a stuck DaemonSet rollout (or a
+    pinned pod that cannot fit) pays on each of the scheduler's retries."""
+    pod = orjson.loads(orjson.dumps(request["Pod"]))
+    pod["metadata"]["name"] = "statsd-agent"
+    pod["spec"]["hostNetwork"] = True
+    pod["spec"]["containers"][0]["ports"] = [
+        {"name": "dogstatsd", "containerPort": 8125, "hostPort": 8125, "protocol": "UDP"}
+    ]
+    return {"Pod": pod}
+
+
 def scenarios(plan: Plan, spec: ClusterSpec, templates: bodies.Templates) -> list[Scenario]:
     """Every serial scenario of `plan`, bodies built once up front."""
     order = list(range(spec.nodes))
@@ -108,6 +123,8 @@ def scenarios(plan: Plan, spec: ClusterSpec, templates: bodies.Templates) -> lis
         settle = driver.Call("/bind", _settle_body(templates, templates.nodes_hostport, names[0]))
         found.append(Scenario("filter-nodes-hostport", size, driver.Call("/filter", body), settle))
     biggest = max(plan.sizes)
+    body = bodies.names_body(rejected_everywhere(templates.names_hostport), names[:biggest])
+    found.append(Scenario("filter-names-rejected", biggest, driver.Call("/filter", body)))
     body = bodies.names_body(templates.names_hostport, names[:biggest])
     found.append(Scenario("prioritize-names-hostport", biggest, driver.Call("/prioritize", body)))
     bind = templates.bind
@@ -225,6 +242,50 @@ def ingest(plan: Plan, seed: int) -> report.Line:
     return line
 
 
+def busy_cluster(quick: bool, templates: bodies.Templates, out: Path) -> list[report.Line] | None:
+    """bench/busy.py's lines, or None (after saying why) if a process failed."""
+    print("busy cluster: fake API server, ours in live mode, the null extender", flush=True)
+    try:
+        return busy.run(busy.QUICK if quick else busy.FULL, templates, out)
+    except (servers.ServerError, driver.CallError) as error:
+        print(f"bench: busy cluster: {error}", file=sys.stderr)
+        return None
+
+
+def write_reports(
+    args: argparse.Namespace, lines: list[report.Line], context: dict[str, Any]
+) -> str:
+    """results.jsonl (appended), report.md and the plot, copied to --docs; the table."""
+    command = "make bench-quick" if args.quick else "make bench"
+    report.append_jsonl(args.out / "results.jsonl", [line | {"context": context} for line in lines])
+    table = report.markdown(lines, command, context)
+    (args.out / "report.md").write_text(table)
+    report.plot(lines, args.out / "filter-latency.png")
+    if args.profile:
+        print(f"profile of ours: {args.out / 'profile' / 'ours.txt'} (and .html)")
+    elif args.docs is not None:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.out / "report.md", args.docs / "report.md")
+        shutil.copyfile(args.out / "filter-latency.png", args.docs / "filter-latency.png")
+    return table
+
+
+def _context(plan: Plan, spec: ClusterSpec, snapshot: Path) -> dict[str, Any]:
+    """What every line of this run is stamped with."""
+    return {
+        "run": datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": plan.mode,
+        "commit": _commit(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "serve_nodes": spec.nodes,
+        "serve_pods": spec.pods,
+        "snapshot_mb": snapshot.stat().st_size / 1e6,
+    }
+
+
 def _commit() -> str:
     done = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
@@ -247,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
         "--docs", type=Path, default=None, help="also copy report.md and the plot here"
     )
     parser.add_argument("--payloads", type=Path, default=bodies.DEFAULT_PAYLOADS)
-    parser.add_argument("--skip-ingest", action="store_true", help="HTTP figures only")
+    parser.add_argument("--skip-ingest", action="store_true", help="no ingest measurement")
+    parser.add_argument("--skip-busy", action="store_true", help="no busy-cluster benchmark")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -269,18 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = ClusterSpec(SERVE_NODES, plan.serve_pods_per_node, args.seed)
     print(f"bench ({plan.mode}): cluster of {spec.nodes:,} nodes, {spec.pods:,} pods", flush=True)
     snapshot = ensure_snapshot(args.out / "clusters", spec)
-    context: dict[str, Any] = {
-        "run": datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"),
-        "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": plan.mode,
-        "commit": _commit(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "serve_nodes": spec.nodes,
-        "serve_pods": spec.pods,
-        "snapshot_mb": snapshot.stat().st_size / 1e6,
-    }
+    context = _context(plan, spec, snapshot)
     found = scenarios(plan, spec, templates)
     ours_command = servers.ours_command(snapshot)
     if args.profile:
@@ -308,18 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         line = ingest(plan, args.seed)
         line |= {"run": context["run"], "mode": plan.mode, "kind": "ingest"}
         lines.append(line)
-    command = "make bench-quick" if args.quick else "make bench"
-    report.append_jsonl(args.out / "results.jsonl", [line | {"context": context} for line in lines])
-    table = report.markdown(lines, command, context)
-    (args.out / "report.md").write_text(table)
-    report.plot(lines, args.out / "filter-latency.png")
-    if args.profile:
-        print(f"profile of ours: {args.out / 'profile' / 'ours.txt'} (and .html)")
-    elif args.docs is not None:
-        args.docs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.out / "report.md", args.docs / "report.md")
-        shutil.copyfile(args.out / "filter-latency.png", args.docs / "filter-latency.png")
-    print(table)
+    if not args.skip_busy:
+        found_busy = busy_cluster(args.quick, templates, args.out)
+        if found_busy is None:
+            return 1
+        lines += [line | {"run": context["run"], "mode": plan.mode} for line in found_busy]
+    print(write_reports(args, lines, context))
     print(f"done in {time.perf_counter() - started:.0f} s; reports in {args.out}", flush=True)
     return 0
 

@@ -111,9 +111,10 @@ def start(name: str, command: Sequence[str], log_dir: Path, timeout_s: float = 3
                     + _tail(log)
                 )
             if address is None:
-                found = _URL.search(log.read_bytes())
+                # The last URL: a live-mode banner names the API server's before its own.
+                found = _URL.findall(log.read_bytes())
                 if found:
-                    address = (found.group(1).decode().strip("[]"), int(found.group(2)))
+                    address = (found[-1][0].decode().strip("[]"), int(found[-1][1]))
             if address is not None and _healthy(*address):
                 elapsed = time.perf_counter() - started
                 return Server(name, process, address[0], address[1], log, elapsed)

@@ -6,7 +6,8 @@ ports. This Protocol is the only thing they share, so either side can be tested 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 RawObject = dict[str, Any]
 """An undecoded Kubernetes object as parsed by orjson (a Pod or a Node)."""
@@ -23,3 +24,15 @@ class ObjectSink(Protocol):
 
     def replace(self, raws: list[RawObject]) -> None:
         """A complete (re)list: every object not in `raws` is gone and must release what it held."""
+
+
+@runtime_checkable
+class SteppedSink(ObjectSink, Protocol):
+    """A sink that can also take a (re)list a step at a time, so the caller can yield between."""
+
+    def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
+        """`replace(raws)`, pausing (yielding) after each object; done when exhausted.
+
+        Objects are applied first and the vanished ones released at the end, so between two
+        steps the state holds at least every port the list shows, never fewer.
+        """

@@ -13,7 +13,8 @@ Every failure is one of the KubeApiError subclasses, so callers can tell "the se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -27,6 +28,12 @@ from extender.kube.kubeauth import Connection, KubeAuthError
 RawObject = dict[str, Any]
 RawEvent = dict[str, Any]
 """One watch event: `{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR", "object": {...}}`."""
+
+LineFilter = Callable[[bytes], str | None]
+"""Given a raw watch line: its resourceVersion if it can be skipped undecoded, else None."""
+
+SLICE_SECONDS = 0.0005
+"""Longest run of watch lines handled without letting other tasks (requests) run."""
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 """Longest watch line accepted: far above etcd's 1.5 MiB object limit, still a bound."""
@@ -138,19 +145,25 @@ class KubeApi:
                 return items, str(rv)
 
     async def open_watch(
-        self, path: str, params: Mapping[str, str], *, timeout_seconds: int
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        timeout_seconds: int,
+        skippable: LineFilter | None = None,
     ) -> WatchStream:
         """Start a WATCH; returns once the server accepted it (HTTP 200), errors raise here.
 
         `timeout_seconds` is sent to the server; the client's own read timeout sits above it, so
-        a connection that silently dies is noticed as well.
+        a connection that silently dies is noticed as well. `skippable` sees each raw line first
+        (see WatchStream).
         """
         query = {**params, "watch": "1", "timeoutSeconds": str(timeout_seconds)}
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._request_timeout, sock_read=timeout_seconds + 30
         )
         response = await self._send("GET", path, params=query, client_timeout=timeout)
-        return WatchStream(response, path, self._max_line_bytes)
+        return WatchStream(response, path, self._max_line_bytes, skippable)
 
     async def get(self, path: str) -> RawObject:
         """GET one object (a 404 surfaces as ApiStatusError with status 404)."""
@@ -281,12 +294,25 @@ class KubeApi:
 
 
 class WatchStream:
-    """The events of one accepted watch, in order; `async with` it so the connection is closed."""
+    """The events of one accepted watch, in order; `async with` it so the connection is closed.
 
-    def __init__(self, response: aiohttp.ClientResponse, path: str, max_line_bytes: int) -> None:
+    A line that `skippable` answers with a resourceVersion is not decoded: it arrives as a
+    BOOKMARK at that version (progress, no object to apply). A chunk of many lines is handed
+    out in slices of at most SLICE_SECONDS of work (the consumer's included), with a yield to
+    the event loop between them, so a filter call never waits behind a whole relist burst.
+    """
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        path: str,
+        max_line_bytes: int,
+        skippable: LineFilter | None = None,
+    ) -> None:
         self._response = response
         self._path = path
         self._max_line_bytes = max_line_bytes
+        self._skippable = skippable
 
     async def __aenter__(self) -> Self:
         return self
@@ -302,17 +328,25 @@ class WatchStream:
     async def __aiter__(self) -> AsyncIterator[RawEvent]:
         """Yield events until the server ends the stream cleanly; anything else raises."""
         buffer = bytearray()
+        skippable = self._skippable
+        clock = time.perf_counter
         try:
             async for chunk in self._response.content.iter_any():
                 buffer += chunk
                 start = 0
+                slice_started = clock()
                 while (end := buffer.find(b"\n", start)) >= 0:
                     if end - start > self._max_line_bytes:
                         raise self._too_long()
                     line = bytes(buffer[start:end])
                     start = end + 1
-                    if line.strip():
-                        yield _decode_event(line)
+                    if not line.strip():
+                        continue
+                    rv = skippable(line) if skippable is not None else None
+                    yield _decode_event(line) if rv is None else _progress(rv)
+                    if clock() - slice_started > SLICE_SECONDS:
+                        await asyncio.sleep(0)  # let waiting requests run
+                        slice_started = clock()
                 del buffer[:start]
                 if len(buffer) > self._max_line_bytes:
                     raise self._too_long()
@@ -349,6 +383,11 @@ async def _status_error(response: aiohttp.ClientResponse) -> ApiStatusError:
     return ApiStatusError(
         response.status, response.reason or "Error", text, retry_after=retry_after
     )
+
+
+def _progress(resource_version: str) -> RawEvent:
+    """A skipped line as what it means to the informer: progress to `resource_version`."""
+    return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
 
 
 def _decode_event(line: bytes) -> RawEvent:

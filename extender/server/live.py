@@ -139,7 +139,7 @@ class Live:
             rng=rng,
             observer=observer,
         )
-        self.pods = informer(PODS, cluster.pods)
+        self.pods = informer(PODS, cluster.pods, skippable=cluster.pods.skippable)
         self.nodes = informer(NODES, cluster.nodes)
         self.probe = ApiProbe(
             self.api, staleness_seconds=staleness_seconds, on_recovered=self._wake, clock=clock
@@ -178,7 +178,7 @@ class Live:
 
     async def _freeze_heap_once_synced(self) -> None:
         """Hold the collector off during the first full sync, then freeze the loaded cluster."""
-        with loading():
+        with loading(collect=False):  # requests are being answered: no full collection
             # A one-off wait on status the informers expose without an event: two polls a second.
             while not (self.pods.status().synced and self.nodes.status().synced):  # noqa: ASYNC110
                 await asyncio.sleep(0.5)

@@ -1,0 +1,87 @@
+"""Read a raw pod watch line just far enough to know that it cannot touch the port index.
+
+Pure. Most watch events of a busy cluster are pods that claim no host port (status updates,
+other workloads): decoding each 4-10 kB line with orjson and looking at its fields cost ~35 us
+of the event loop's time. A pod can claim a host port only through `hostNetwork`, a `hostPort`
+or a `hostports.dev/...` annotation; if none of these words occurs anywhere in the line, its
+pod claims nothing, and only its UID (is it one we hold?) and resourceVersion (where the watch
+resumes) matter. Both are read from the flat head of `metadata`, exactly, or not at all.
+
+Exactness rests on how the API server writes JSON (Go's encoding/json): struct fields in
+declaration order (`{"type":..,"object":{"kind":..,"apiVersion":..,"metadata":{"name":..,
+"namespace":..,"uid":..,"resourceVersion":..`), no escapes of ASCII letters or `/`, and `"`
+inside strings always escaped. So the words cannot hide behind escapes, and a `"uid":"` met
+before the first `{`, `[` or `}` inside `metadata` is metadata's own key. Any other shape (keys
+in another order, a missing UID, a truncated line) answers None: decode the line in full.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PORT_WORDS = re.compile(rb"host(?:Network|Port|ports\.dev)")
+"""A pod claims host ports only through these fields and annotations (see pods.may_hold_ports);
+one regular-expression pass over the line is ~2x faster than three substring searches."""
+
+_EVENT_HEADS = tuple(
+    (kind, b'{"type":"' + kind.encode() + b'","object":{' + object_head)
+    for kind in ("ADDED", "MODIFIED", "DELETED")
+    for object_head in (b'"kind":"Pod","apiVersion":"v1","metadata":{', b'"metadata":{')
+)
+"""How a pod event line starts, up to the opening of the object's metadata."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortlessPodEvent:
+    """A watch event of a pod that claims no host-level port, as read from its raw line."""
+
+    type: str
+    uid: str
+    resource_version: str
+
+
+def portless_pod_event(line: bytes) -> PortlessPodEvent | None:
+    """The event on `line` if its pod cannot claim a host port; None if it must be decoded.
+
+    Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
+    sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
+    """
+    if PORT_WORDS.search(line) is not None or not line.rstrip().endswith(b"}}"):
+        return None
+    found = next(((kind, head) for kind, head in _EVENT_HEADS if line.startswith(head)), None)
+    if found is None:
+        return None
+    kind, head = found
+    start = len(head)
+    # metadata's leading scalars end at its first nested value or at its own end.
+    ends = [
+        i
+        for i in (line.find(b"{", start), line.find(b"[", start), line.find(b"}", start))
+        if i >= 0
+    ]
+    if not ends:
+        return None
+    flat = line[start : min(ends)]
+    uid = _string_field(flat, b'"uid":')
+    resource_version = _string_field(flat, b'"resourceVersion":')
+    if uid is None or resource_version is None:
+        return None
+    return PortlessPodEvent(kind, uid, resource_version)
+
+
+def _string_field(flat: bytes, key: bytes) -> str | None:
+    """The value of `key` among flat JSON members, if it occurs once as a plain string."""
+    if flat.count(key) != 1:
+        return None  # absent, or a duplicate key (orjson would take the last one)
+    first = flat.find(key) + len(key)
+    if flat[first : first + 1] != b'"':
+        return None  # not a string
+    last = flat.find(b'"', first + 1)
+    raw = flat[first + 1 : last]
+    if last < 0 or not raw or b"\\" in raw:
+        return None  # escapes: leave them to the decoder
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None  # not UTF-8: the decoder rejects the line

@@ -1,0 +1,104 @@
+"""The busy-cluster benchmark's parts: realistic watch lines, the scheduler's traffic, reports."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+import pytest
+
+from bench import bodies, busy, report
+from bench.busy_api import BusyApi, go_order
+from bench.generate import ClusterSpec, generate_node, generate_pods_for_node, node_name
+from bench.run import rejected_everywhere
+from extender.core.cluster import Cluster
+from extender.core.decisions import filter_pod
+from extender.core.podline import portless_pod_event
+from extender.core.pods import decode_pod, may_hold_ports
+from extender.settings import Settings
+from tests.fakeapi import FakeApiServer, eventually
+
+SPEC = ClusterSpec(4, 6, 1)
+
+
+def test_stored_pods_are_written_in_the_api_servers_key_order() -> None:
+    """Watch lines of the busy cluster look like kube-apiserver's: the prefilter can read them."""
+    for raw in generate_pods_for_node(SPEC, 1):
+        ordered = go_order(raw, "Pod")
+        assert list(ordered)[:3] == ["kind", "apiVersion", "metadata"]
+        assert list(ordered["metadata"])[:2] == ["name", "generateName"]
+        ordered["metadata"]["resourceVersion"] = "7"
+        line = orjson.dumps({"type": "MODIFIED", "object": ordered})
+        event = portless_pod_event(line)
+        if may_hold_ports(raw):
+            assert event is None
+        else:
+            assert event is not None
+            assert (event.uid, event.resource_version) == (raw["metadata"]["uid"], "7")
+
+
+async def test_the_scheduler_traffic_creates_binds_and_starts_pods() -> None:
+    """add, bind (then the kubelet's status) and churn change the fake's pods as a cluster does."""
+    fake = FakeApiServer(token="t")
+    busy_api = BusyApi(fake)
+    busy_api.load(SPEC)
+    maker = busy.PodMaker(bodies.load_templates(), seed=1)
+    busy_api.command("add " + orjson.dumps(maker.pod(0)).decode())
+    stored = fake.get("pods", "busy/busy-0")
+    assert stored["status"]["phase"] == "Pending"
+    assert stored["spec"]["containers"][0]["ports"][0]["hostPort"] == busy.HOSTPORT_BASE
+    busy_api.command(f"bind busy/busy-0 {node_name(2)}")
+    assert fake.get("pods", "busy/busy-0")["spec"]["nodeName"] == node_name(2)
+    await eventually(lambda: fake.get("pods", "busy/busy-0")["status"]["phase"] == "Running")
+    assert busy_api.command("churn 500 plain") == {"pool": len(busy_api.pools["plain"])}
+    await eventually(lambda: busy_api.churned > 0)
+    busy_api.command("churn 0 plain")
+    stats = busy_api.command("stats")
+    assert stats is not None
+    assert stats["churned"] > 0
+    assert stats["events"] == stats["churned"] + 3
+
+
+def test_cpu_seconds_reads_this_process() -> None:
+    """utime + stime from /proc/PID/stat: positive, and it grows with work."""
+    before = busy.cpu_seconds(os.getpid())
+    sum(i * i for i in range(3_000_000))
+    assert busy.cpu_seconds(os.getpid()) > before > 0
+
+
+def test_the_rejection_scenario_is_rejected_on_every_node() -> None:
+    """The stuck-DaemonSet pod (hostNetwork, 8125/UDP) fits on none of the generated nodes."""
+    cluster = Cluster(Settings())
+    cluster.nodes.replace([generate_node(SPEC, i) for i in range(SPEC.nodes)])
+    cluster.pods.replace([p for i in range(SPEC.nodes) for p in generate_pods_for_node(SPEC, i)])
+    pod = decode_pod(rejected_everywhere(bodies.load_templates().names_hostport)["Pod"])
+    names = [node_name(i) for i in range(SPEC.nodes)]
+    verdict = filter_pod(cluster, pod, names)
+    assert verdict.passed == []
+    assert sorted(verdict.rejected) == sorted(names)
+
+
+def busy_line(server: str, pods_per_s: float, p99: float) -> dict[str, Any]:
+    return {
+        "kind": "busy", "server": server, "nodes": 300, "pods_per_s": pods_per_s,
+        "filter_p50_ms": 1.0, "filter_p99_ms": p99, "prioritize_p50_ms": 1.0,
+        "prioritize_p99_ms": 2.0, "events_per_s": 600.0, "ours_cpu_ms_per_pod": 1.5,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ours", "null", "met"),
+    [((960.0, 3.0), (1000.0, 2.0), True), ((900.0, 5.0), (1000.0, 2.0), False)],
+)
+def test_busy_targets_compare_ours_with_the_null_extender(
+    ours: tuple[float, float], null: tuple[float, float], met: bool
+) -> None:
+    """pods/s at least 0.95x and filter p99 at most 2x the null extender's, from the same run."""
+    lines = [busy_line("ours", *ours), busy_line("null", *null)]
+    found = {t.name: t for t in report.busy_targets(lines)}
+    throughput = found["busy cluster, 300 names: pods/s ours / null"]
+    tail = found["busy cluster, 300 names: filter p99 ours / null"]
+    assert throughput.measured == pytest.approx(ours[0] / null[0])
+    assert (throughput.met and tail.met) is met
+    assert "| 300 |" in "\n".join(report.busy_markdown(lines))

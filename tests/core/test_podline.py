@@ -1,0 +1,180 @@
+"""The watch-line prefilter never skips an event that matters, and reads UID and RV exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.core.cluster import Cluster
+from extender.core.podline import portless_pod_event
+from extender.core.pods import decode_pod
+from extender.settings import Settings
+from tests.objects import pod, port
+
+RawDict = dict[str, Any]
+
+
+def go_ordered(raw: RawDict, rv: str) -> RawDict:
+    """`raw` with keys as the API server writes them: kind, apiVersion, metadata head first."""
+    meta = dict(raw["metadata"])
+    head = {k: meta.pop(k) for k in ("name", "namespace", "uid") if k in meta}
+    metadata = head | {"resourceVersion": rv} | meta
+    rest = {k: v for k, v in raw.items() if k not in ("metadata", "kind", "apiVersion")}
+    return {"kind": "Pod", "apiVersion": "v1", "metadata": metadata} | rest
+
+
+def line(kind: str, raw: RawDict) -> bytes:
+    return orjson.dumps({"type": kind, "object": raw})
+
+
+PLAIN = go_ordered(pod("web", node="n1", ports=[port(8080)]), "41")
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (go_ordered(pod("a", node="n1", ports=[port(80, 80)]), "7"), "a hostPort"),
+        (go_ordered(pod("a", node="n1", host_network=True), "7"), "hostNetwork"),
+        (
+            go_ordered(pod("a", annotations={"hostports.dev/listen": "8125/UDP"}), "7"),
+            "the listen annotation",
+        ),
+        (
+            go_ordered(pod("a", annotations={"hostports.dev/protected": "true"}), "7"),
+            "any hostports.dev annotation",
+        ),
+        (go_ordered(pod("a", init_ports=[port(9, 9)]), "7"), "an init container's hostPort"),
+        (pod("a"), "kubectl's key order: the RV comes after the labels and annotations"),
+    ],
+)
+def test_lines_that_may_claim_ports_or_are_not_go_shaped_are_decoded(
+    raw: RawDict, why: str
+) -> None:
+    """Any of the port words, or metadata not in the API server's order, means a full decode."""
+    assert portless_pod_event(line("MODIFIED", raw)) is None, why
+
+
+def test_a_portless_pod_is_read_without_decoding() -> None:
+    """Type, UID and resourceVersion come from the line's metadata head, exactly."""
+    for kind in ("ADDED", "MODIFIED", "DELETED"):
+        event = portless_pod_event(line(kind, PLAIN))
+        assert event is not None
+        assert (event.type, event.uid, event.resource_version) == (kind, "uid-web", "41")
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b[: len(b) // 2],  # cut in the middle
+        lambda b: b.replace(b'"uid":"uid-web"', b'"uid":"uid-web","uid":"other"'),
+        lambda b: b.replace(b'"uid":"uid-web"', b'"uid":"uid-\\"web"'),
+        lambda b: b.replace(b'"uid":"uid-web",', b""),
+        lambda b: b.replace(b'"resourceVersion":"41"', b'"resourceVersion":41'),
+        lambda b: b.replace(b'"type":"MODIFIED"', b'"type":"BOOKMARK"'),
+        lambda b: b.replace(b'"uid":"uid-web"', b'"uid":"\xff"'),
+    ],
+)
+def test_odd_lines_are_left_to_the_decoder(mangle: Any) -> None:
+    """Cut lines, duplicate or escaped UIDs, numbers for strings: never guessed at."""
+    assert portless_pod_event(mangle(line("MODIFIED", PLAIN))) is None
+
+
+# --- the property: with or without the prefilter, the cluster ends up the same ----------------
+
+SHAPES: list[RawDict] = [
+    pod("p", node="n1"),
+    pod("p", node="n1", ports=[port(8080)]),
+    pod("p", node="n1", ports=[port(80, 80)]),
+    pod("p", node="n1", ports=[port(80, 0)]),
+    pod("p", node="n2", ports=[port(53, 53, "UDP", "10.0.0.2")]),
+    pod("p", node="n1", host_network=True, ports=[port(2703)]),
+    pod("p", node="n1", host_network=True),
+    pod("p", node="n1", host_network=True, annotations={"hostports.dev/listen": "8125/UDP"}),
+    pod("p", node="n1", annotations={"hostports.dev/listen": "8125/UDP"}),
+    pod("p", node="n1", annotations={"example.com/note": "hostPort-free"}),
+    pod("p", node="n1", sidecar_ports=[port(15000, 15000)]),
+    pod("p", node="n1", ports=[port(80, 80)], phase="Succeeded"),
+    pod("p", node="", ports=[port(80, 80)]),
+]
+
+
+def apply_decoded(cluster: Cluster, kind: str, raw: RawDict) -> None:
+    if kind == "DELETED":
+        cluster.pods.delete(raw)
+    else:
+        cluster.pods.upsert(raw)
+
+
+def state(cluster: Cluster) -> tuple[Any, ...]:
+    return (
+        cluster.index.fingerprint(),
+        sorted(cluster.pods_by_uid),
+        sorted(t.pod.uid for t in cluster.in_flight.all()),
+        cluster.bound_reservations(),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["ADDED", "MODIFIED", "DELETED"]),
+            st.integers(0, len(SHAPES) - 1),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    in_flight=st.booleans(),
+    bound=st.booleans(),
+)
+def test_skipping_never_changes_what_the_cluster_holds(
+    events: list[tuple[str, int, bool]], in_flight: bool, bound: bool
+) -> None:
+    """Every sequence of events on one pod leaves the same index, pods and reservations.
+
+    One cluster decodes every line; the other asks the prefilter first and decodes only what
+    it does not skip. A skipped line's resourceVersion is the one the decoder would have read.
+    """
+    always, filtered = Cluster(Settings()), Cluster(Settings())
+    for cluster in (always, filtered):
+        wanting = decode_pod(pod("p", ports=[port(80, 80)]))
+        if in_flight:
+            cluster.in_flight.hold(wanting, ["n1", "n2"], cluster.clock() + 60)
+        if bound:
+            cluster.record_binding(wanting.uid, "n2")
+    for rv, (kind, shape, go_order) in enumerate(events, start=100):
+        raw = SHAPES[shape]
+        raw = (
+            go_ordered(raw, str(rv))
+            if go_order
+            else raw | {"metadata": raw["metadata"] | {"resourceVersion": str(rv)}}
+        )
+        encoded = line(kind, raw)
+        apply_decoded(always, kind, orjson.loads(encoded)["object"])
+        skipped_at = filtered.pods.skippable(encoded)
+        if skipped_at is None:
+            apply_decoded(filtered, kind, orjson.loads(encoded)["object"])
+        else:
+            assert skipped_at == str(rv)
+        assert state(filtered) == state(always)
+
+
+def test_deleting_a_held_pod_that_lost_its_ports_is_still_applied() -> None:
+    """A pod we hold is never skipped, even when its line no longer names any port."""
+    cluster = Cluster(Settings())
+    held = go_ordered(
+        pod("p", node="n1", host_network=True, annotations={"hostports.dev/listen": "8125/UDP"}),
+        "5",
+    )
+    cluster.pods.upsert(held)
+    assert cluster.holds_pod("uid-p")
+    cleared = go_ordered(pod("p", node="n1"), "6")
+    assert cluster.pods.skippable(line("DELETED", cleared)) is None
+    cluster.pods.delete(cleared)
+    assert not cluster.holds_pod("uid-p")
+    assert cluster.pods.skippable(line("DELETED", cleared)) == "6"
