@@ -27,7 +27,7 @@ from extender.core.pods import (
     pod_uid,
     reserved_owner,
 )
-from extender.core.ports import Claim, ClaimKind, PortIndex
+from extender.core.ports import Claim, ClaimKind, PortIndex, reason_text
 from extender.core.portspec import parse_port_specs
 from extender.core.sinks import RawObject
 from extender.settings import Settings
@@ -158,6 +158,7 @@ class Cluster:
         held = self.index.claims_of(uid)
         if pod is not None and pod.claims and (held is None or held[0] != node):
             holder = f"pod {pod.key}, which is being bound to this node"
+            by = f"held by {pod.owner_text}, which is being bound to this node (in flight)"
             claims = [
                 Claim(
                     c.protocol,
@@ -167,6 +168,7 @@ class Cluster:
                     ClaimKind.IN_FLIGHT,
                     in_flight_owner(uid),
                     holder,
+                    reason_text(c.protocol, c.first, c.last, c.ip, by),
                 )
                 for c in pod.claims
             ]

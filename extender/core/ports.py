@@ -16,6 +16,7 @@ A pod never conflicts with itself: callers pass the owners to ignore.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -54,12 +55,25 @@ class ClaimKind(StrEnum):
         return "dnat" if self in (ClaimKind.HOST_PORT, ClaimKind.IN_FLIGHT) else "socket"
 
 
+def reason_text(protocol: str, first: int, last: int, ip: str, by: str) -> str:
+    """A rejection reason that reads after the scheduler's node count, e.g. `80/TCP on every
+    address held by hostPort pods of Deployment ingress/web` (protocol.md §1.11).
+
+    Built once per claim when its object is decoded, never per node on the request path.
+    Interned: the pods of one workload share one string, however many nodes they run on.
+    """
+    ports = str(first) if first == last else f"{first}-{last}"
+    return sys.intern(f"{ports}/{protocol} on {ip or 'every address'} {by}")
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """One host-level hold on ports `first..last` of `protocol` at `ip` ("" = every address).
 
     `owner` identifies what holds it for removal and self-exclusion (a pod UID, or
-    "node:<name>:reserved" and the like); `holder` is how a person names it in a rejection.
+    "node:<name>:reserved" and the like); `holder` names it exactly (the pod, for `who` and the
+    audit); `reason` is the rejection text, which names a pod's workload instead (see
+    `reason_text`); when not given it is built from `holder`.
     """
 
     protocol: str
@@ -73,9 +87,11 @@ class Claim:
 
     def __post_init__(self) -> None:
         if not self.reason:
-            where = self.ip or "every address"
-            verb = "is held by" if self.kind is not ClaimKind.NODE_RESERVED else "is reserved by"
-            object.__setattr__(self, "reason", f"{self.spec} on {where} {verb} {self.holder}")
+            verb = "held by" if self.kind is not ClaimKind.NODE_RESERVED else "reserved by"
+            by = f"{verb} {self.holder}"
+            object.__setattr__(
+                self, "reason", reason_text(self.protocol, self.first, self.last, self.ip, by)
+            )
 
     @property
     def spec(self) -> str:

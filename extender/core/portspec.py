@@ -8,7 +8,7 @@ Pure: no I/O, no asyncio, no Kubernetes. Used by the pod/node decoders (annotati
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from extender.errors import PortSpecError
@@ -100,21 +100,29 @@ def _parse_port(text: str) -> int:
     return port
 
 
-def parse_port_specs(text: str) -> tuple[PortSpec, ...]:
-    """Parse a comma-separated list strictly: the first bad entry raises PortSpecError."""
-    return tuple(parse_port_spec(entry) for entry in text.split(",") if entry.strip())
+def split_port_specs(text: str) -> list[str]:
+    """The non-empty entries of a comma-separated list, unparsed (to count them first)."""
+    return [entry for entry in text.split(",") if entry.strip()]
 
 
-def parse_port_specs_lenient(text: str) -> tuple[tuple[PortSpec, ...], tuple[str, ...]]:
+def parse_port_specs(text: str, entries: Sequence[str] | None = None) -> tuple[PortSpec, ...]:
+    """Parse a comma-separated list strictly: the first bad entry raises PortSpecError.
+
+    `entries`, if given, is `split_port_specs(text)` already done by the caller.
+    """
+    return tuple(parse_port_spec(entry) for entry in entries or split_port_specs(text))
+
+
+def parse_port_specs_lenient(
+    text: str, entries: Sequence[str] | None = None
+) -> tuple[tuple[PortSpec, ...], tuple[str, ...]]:
     """Parse what can be parsed and report the rest, for objects already in the cluster.
 
     A typo in one entry of a node's annotation must not release the ports its other entries hold.
     """
     specs: list[PortSpec] = []
     problems: list[str] = []
-    for entry in text.split(","):
-        if not entry.strip():
-            continue
+    for entry in entries or split_port_specs(text):
         try:
             specs.append(parse_port_spec(entry))
         except PortSpecError as error:

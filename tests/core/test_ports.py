@@ -61,10 +61,9 @@ def test_reason_names_port_protocol_address_and_holder() -> None:
         holder="hostNetwork pod kube-system/eks-pod-identity-agent-x7k2",
     )
     assert held.reason == (
-        "80/TCP on 169.254.170.23 is held by "
-        "hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
+        "80/TCP on 169.254.170.23 held by hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
     )
-    assert claim("8125/UDP").reason.startswith("8125/UDP on every address is held by")
+    assert claim("8125/UDP").reason.startswith("8125/UDP on every address held by")
 
 
 def test_a_pod_never_conflicts_with_itself() -> None:
