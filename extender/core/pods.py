@@ -4,7 +4,8 @@ Pure. This is the one boundary where undecoded API JSON becomes typed data; noth
 keeps whole objects. It mirrors the API server's defaulting and the scheduler's port counting
 (protocol.md §3): `hostPort > 0` of containers and of restartable init containers (native
 sidecars); for hostNetwork pods every declared `containerPort` (hostPort defaults to it); plus
-the project's annotations for ports nobody declares.
+the project's annotations for ports nobody declares. Plain init containers count only for
+hostNetwork pods, and only at start (`init_claims`).
 
 Each claim's rejection reason is formatted here, once per pod, naming the holder's workload
 (from its controller ownerReference) rather than the pod, so that the scheduler, which groups
@@ -219,7 +220,11 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
     for index, container in enumerate(init_containers):
         where = f"Pod.spec.initContainers[{index}]"
         sidecar = isinstance(container, Mapping) and container.get("restartPolicy") == "Always"
-        record.add_container(container, where, transient=not sidecar)
+        if sidecar or host_network:
+            # The kubelet maps host ports for no plain init container (and upstream NodePorts
+            # ignores them): without hostNetwork one neither claims nor is checked. With
+            # hostNetwork its sockets are real during init, so the port must be free then.
+            record.add_container(container, where, transient=not sidecar)
 
     listen = annotations.get(LISTEN_ANNOTATION)
     if listen is not None:
