@@ -114,8 +114,13 @@ class Cluster:
         else:
             self.protected_uids.discard(uid)
         self.index.set_owner(uid, pod.node, pod.claims)
-        if pod.node and self._release_reservations(uid):
-            # The informer (or a snapshot binding) shows where the pod went: reservations settle.
+        if pod.node:
+            # The informer (or a snapshot binding) shows where the pod went, on the node we
+            # reserved or another one: reservations settle.
+            settled = self._release_reservations(uid)
+        else:
+            settled = pod.not_scheduling and self._scheduler_gave_up(pod)
+        if settled:
             self.on_change()
         for node in {pod.node, previous.node if previous else ""} - {""}:
             self._refresh_observed(node)
@@ -189,6 +194,24 @@ class Cluster:
             self.index.remove_owner(in_flight_owner(uid))
             released = True
         return released
+
+    def _scheduler_gave_up(self, pod: PodPorts) -> bool:
+        """Drop `pod`'s tentative reservation if the watch shows the scheduler gave up on it
+        after our filter passed it (a later extender, plugin or volume binding failed).
+
+        Only a version newer than the one the scheduler filtered counts: the pod may still
+        carry the PodScheduled=False of its previous attempt, and our watch may lag behind the
+        scheduler's. resourceVersions are compared as the integers the API server issues; one
+        that is not an integer never releases (the reservation then ends with its TTL).
+        """
+        tentative = self.in_flight.get(pod.uid)
+        if tentative is None:
+            return False
+        seen, filtered = pod.resource_version, tentative.pod.resource_version
+        if not (seen.isdigit() and filtered.isdigit() and int(seen) > int(filtered)):
+            return False
+        self.in_flight.take(pod.uid)
+        return True
 
     def bound_reservations(self) -> int:
         return len(self._bound)

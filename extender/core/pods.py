@@ -83,8 +83,9 @@ class PodPorts:
     """`Kind namespace/name` of the pod's controller (Deployment for a ReplicaSet's pods), or ""
     for a pod without one."""
     resource_version: str = ""
-    unschedulable: bool = False
-    """The pod is unbound and its PodScheduled condition is False: the scheduler gave up on it."""
+    not_scheduling: bool = False
+    """Unbound, and the scheduler has given up on this attempt (PodScheduled=False) or never
+    will place it (it is being deleted)."""
 
     @property
     def key(self) -> str:
@@ -245,7 +246,8 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
         resource_version=_text(
             metadata.get("resourceVersion"), "Pod.metadata.resourceVersion", strict=False
         ),
-        unschedulable=not node and _scheduling_failed(status),
+        not_scheduling=not node
+        and (metadata.get("deletionTimestamp") is not None or _scheduling_failed(status)),
     )
 
 
