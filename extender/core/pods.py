@@ -18,6 +18,7 @@ release the ports the rest of the object holds; problems are returned for loggin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,6 +84,7 @@ class PodPorts:
     """`Kind namespace/name` of the pod's controller (Deployment for a ReplicaSet's pods), or ""
     for a pod without one."""
     resource_version: str = ""
+    """metadata.resourceVersion, kept for unbound pods only."""
     not_scheduling: bool = False
     """Unbound, and the scheduler has given up on this attempt (PodScheduled=False) or never
     will place it (it is being deleted)."""
@@ -243,9 +245,8 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
         protected=protected,
         problems=tuple(record.problems),
         workload=workload,
-        resource_version=_text(
-            metadata.get("resourceVersion"), "Pod.metadata.resourceVersion", strict=False
-        ),
+        # Only an unbound pod's version is ever compared (see Cluster._scheduler_gave_up).
+        resource_version="" if node else _text(metadata.get("resourceVersion"), "", strict=False),
         not_scheduling=not node
         and (metadata.get("deletionTimestamp") is not None or _scheduling_failed(status)),
     )
@@ -275,8 +276,9 @@ def workload_of(metadata: Mapping[str, Any], namespace: str) -> str:
                 and template_hash
                 and name.endswith(f"-{template_hash}")
             ):
-                return f"Deployment {namespace}/{name[: -len(template_hash) - 1]}"
-        return f"{kind} {namespace}/{name}"
+                kind, name = "Deployment", name[: -len(template_hash) - 1]
+        # Interned: the pods of one workload share the text, as their reasons do.
+        return sys.intern(f"{kind} {namespace}/{name}")
     return ""
 
 
