@@ -380,6 +380,7 @@ class _PodClaimsBuilder:
         else:
             specs, problems = parse_port_specs_lenient(value, entries)
             self.problems.extend(f"annotation {LISTEN_ANNOTATION}: {p}" for p in problems)
+        specs = tuple(dict.fromkeys(specs))  # a repeated entry claims nothing more
         holder = f"hostNetwork pod {self.key} (undeclared listener, {LISTEN_ANNOTATION})"
         held_by = f"{self.held_by} (undeclared listener, {LISTEN_ANNOTATION})"
         uid, kind = self.uid, ClaimKind.LISTEN

@@ -191,9 +191,9 @@ class PortIndex:
             else:
                 self._pod_owner_count.pop(old.node, None)
                 self._spread_scores.pop(old.node, None)
+        self._discard_owner(old.node, owner, old.claims)
         now = self._clock()
         for claim in old.claims:
-            self._discard(old.node, claim)
             if claim.protocol == "UDP" and claim.kind is not ClaimKind.IN_FLIGHT:
                 for port in _udp_ports(claim):
                     self._udp_released.setdefault(port, {})[old.node] = (claim.kind.family, now)
@@ -209,29 +209,35 @@ class PortIndex:
             range(claim.first, claim.last + 1), self._tables_holding(claim), strict=False
         ):
             held = table.setdefault(node, [])
-            held.append(claim)
-            if narrow and _owned_by_several(held):
+            # Until now `held` had one owner or was already shared: comparing with its first
+            # claim keeps this O(1) however many claims one owner piles on one port.
+            if narrow and held and held[0].owner != claim.owner:
                 self._shared.add((claim.protocol, port, node))
+            held.append(claim)
 
-    def _discard(self, node: str, claim: Claim) -> None:
-        narrow = claim.last - claim.first < RANGE_EXPANSION_LIMIT
-        for port, table in zip(
-            range(claim.first, claim.last + 1), self._tables_holding(claim), strict=False
-        ):
-            held = table.get(node)
-            if held is not None:
-                held.remove(claim)
-                if narrow and not _owned_by_several(held):
-                    self._shared.discard((claim.protocol, port, node))
-                if not held:
-                    del table[node]
-        # Drop emptied keys so the key scans in `_tables_for` stay proportional to what is held.
-        if claim.last - claim.first < RANGE_EXPANSION_LIMIT:
-            for port in range(claim.first, claim.last + 1):
-                if not self._points.get((claim.protocol, port), True):
-                    del self._points[(claim.protocol, port)]
-        elif not self._ranges.get((claim.protocol, claim.first, claim.last), True):
-            del self._ranges[(claim.protocol, claim.first, claim.last)]
+    def _discard_owner(self, node: str, owner: str, claims: Sequence[Claim]) -> None:
+        """Take every claim of `owner` off `node`: each (port, node) list is filtered once,
+        so an owner with many claims on one port costs linear time, not claims x claims."""
+        points: set[tuple[str, int]] = set()
+        ranges: set[tuple[str, int, int]] = set()
+        for claim in claims:
+            if claim.last - claim.first < RANGE_EXPANSION_LIMIT:
+                points.update((claim.protocol, port) for port in range(claim.first, claim.last + 1))
+            else:
+                ranges.add((claim.protocol, claim.first, claim.last))
+        for point in points:
+            nodes = self._points.get(point)
+            kept = _without_owner(nodes, node, owner)
+            if kept is None or not _owned_by_several(kept):
+                self._shared.discard((point[0], point[1], node))
+            # Drop emptied keys so the key scans in `_tables_for` stay proportional to what is held.
+            if nodes is not None and not nodes:
+                del self._points[point]
+        for wide in ranges:
+            nodes = self._ranges.get(wide)
+            _without_owner(nodes, node, owner)
+            if nodes is not None and not nodes:
+                del self._ranges[wide]
 
     def _tables_holding(self, claim: Claim) -> list[NodeClaims]:
         """The node tables `claim` belongs in: one per port for narrow ranges, else one range."""
@@ -418,9 +424,33 @@ class PortIndex:
                 ):
                     found.setdefault(node, set()).add(claim)
 
+        def note_port(node: str, held: Sequence[Claim], reserved: Sequence[Claim]) -> None:
+            # Every claim here holds this one port: only owners and addresses decide. Up to two
+            # owners per address say whether "another owner" exists, so a pod with thousands
+            # of claims on one port costs linear time, not claims x claims.
+            owners_at: dict[str, set[str]] = {}
+            everyone: set[str] = set()
+            for other in (*held, *reserved):
+                if other.kind in ignore:
+                    continue
+                at = owners_at.setdefault(other.ip, set())
+                if len(at) < 2:
+                    at.add(other.owner)
+                if len(everyone) < 2:
+                    everyone.add(other.owner)
+            wildcard = owners_at.get(WILDCARD, set())
+            for claim in held:
+                if claim.kind not in kinds:
+                    continue
+                pool = (
+                    everyone if claim.ip == WILDCARD else owners_at.get(claim.ip, set()) | wildcard
+                )
+                if any(owner != claim.owner for owner in pool):
+                    found.setdefault(node, set()).add(claim)
+
         for protocol, port, node in self._shared:
             held = self._points[(protocol, port)][node]
-            note(node, held, [*held, *self._reserved_at(protocol, port)])
+            note_port(node, held, self._reserved_at(protocol, port))
         for reserved in self.cluster_reserved:
             # Cluster-wide reserved ports are few; their ports' holders are checked against them.
             for (protocol, port), nodes in self._points.items():
@@ -535,6 +565,19 @@ def _prune(table: dict[int, dict[str, _T]], when: Callable[[_T], float], horizon
             del nodes[node]
         if not nodes:
             del table[port]
+
+
+def _without_owner(nodes: NodeClaims | None, node: str, owner: str) -> list[Claim] | None:
+    """Remove `owner`'s claims from `nodes[node]`; the claims left there (None: none)."""
+    held = None if nodes is None else nodes.get(node)
+    if held is None or nodes is None:
+        return None
+    kept = [claim for claim in held if claim.owner != owner]
+    if kept:
+        nodes[node] = kept
+        return kept
+    del nodes[node]
+    return None
 
 
 def _owned_by_several(held: list[Claim]) -> bool:

@@ -69,6 +69,8 @@ class PortSpec:
 def parse_port_spec(entry: str) -> PortSpec:
     """Parse one `PORT[-END][/PROTO][@IP]` entry; PortSpecError quotes the entry when it is bad."""
     text = entry.strip()
+    if text.isascii() and text.isdigit() and 1 <= (port := int(text)) <= 65535:
+        return PortSpec("TCP", port, port)  # the common bare `PORT`, without the full parse
     if not text:
         raise PortSpecError("empty port entry")
     ports_proto, at, ip_text = text.partition("@")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 
+from extender.core.cluster import Cluster
 from extender.core.pods import MAX_LISTEN_ENTRIES, decode_pod
+from extender.settings import Settings
 from tests.conftest import MakeExtender
 from tests.objects import RawDict, filter_args, node, pod, port
 from tests.server.test_http import post
@@ -82,3 +84,26 @@ def test_a_placed_pod_over_the_limit_keeps_every_claim() -> None:
         "annotation hostports.dev/listen on pod default/placed has 1025 entries, more than the "
         "limit of 1024; all kept for the pod already placed",
     )
+
+
+def test_a_placed_pod_with_a_full_annotation_is_indexed_and_released_quickly() -> None:
+    """The largest annotation the API accepts (256 KiB: 12,000 addresses on port 80, or 128,000
+    bare ports) goes into the index and out again within a generous bound, each repeated entry
+    claimed once (one pod's claims on one port were compared pairwise: minutes)."""
+    for listen, claims in (
+        (
+            ",".join(f"80/UDP@10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(12_000)),
+            12_000,
+        ),
+        (",".join(str(1 + i % 9) for i in range(128_000)), 9),
+    ):
+        cluster = Cluster(Settings())
+        raw = pod(
+            "placed", node="n1", host_network=True, annotations={"hostports.dev/listen": listen}
+        )
+        started = time.perf_counter()
+        cluster.pods.upsert(raw)
+        assert cluster.index.claim_count() == claims
+        cluster.pods.delete(raw)
+        assert time.perf_counter() - started < 2.0
+        assert cluster.index.claim_count() == 0
