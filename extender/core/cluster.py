@@ -35,6 +35,7 @@ from extender.settings import Settings
 log = logging.getLogger(__name__)
 
 _MAX_REMEMBERED_PROBLEMS = 10_000
+_POD_KINDS = frozenset({ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN})
 UDP_PRUNE_INTERVAL_SECONDS = 60.0
 """UDP owner history only needs trimming now and then; its window is ten minutes."""
 
@@ -291,13 +292,10 @@ class Cluster:
         if state.stale:
             self.index.remove_owner(observed_owner(name))
             return
-        pod_claims = [
-            claim
-            for claim in self.index.claims_on(name)
-            if claim.kind in (ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN)
-        ]
+        # Looked up through the port tables: a pod with thousands of claims on this node must
+        # not make every event here cost observed x claims.
         unexplained = [
-            seen for seen in state.observed if not any(seen.collides(c) for c in pod_claims)
+            seen for seen in state.observed if not self.index.collides_on(name, seen, _POD_KINDS)
         ]
         self.index.set_owner(observed_owner(name), name, unexplained)
 

@@ -353,6 +353,15 @@ class PortIndex:
                     pairs.append((want, held))
         return pairs
 
+    def collides_on(self, node: str, claim: Claim, kinds: Collection[ClaimKind]) -> bool:
+        """Whether a claim of `kinds` held on `node` collides with `claim` (via the port tables:
+        O(ports of `claim` x claims there), not O(claims on the node))."""
+        for nodes in self._tables_for(claim):
+            for held in nodes.get(node, ()):
+                if held.kind in kinds and claim.collides(held):
+                    return True
+        return False
+
     def _by_node_claims(self, node: str) -> Iterator[Claim]:
         for held in self._by_node.get(node, {}).values():
             yield from held
