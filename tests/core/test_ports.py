@@ -312,3 +312,45 @@ def test_many_claims_of_one_owner_on_one_port_cost_linear_time() -> None:
     assert index.conflicts([claim("80", owner="new")]) == {
         "n1": claim("80", "10.0.0.7", owner="other")
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(NODES),
+            st.lists(claims_strategy, max_size=3),
+        ),
+        max_size=10,
+    ),
+    st.lists(claims_strategy, min_size=1, max_size=3),
+    st.lists(claims_strategy, max_size=1),
+)
+def test_conflicts_on_matches_a_scan_of_the_node(
+    writes: list[tuple[str, str, list[tuple[str, int, int, str]]]],
+    wanted_specs: list[tuple[str, int, int, str]],
+    reserved_specs: list[tuple[str, int, int, str]],
+) -> None:
+    """The table lookups find each colliding (wanted, held) pair on a node exactly once."""
+    reserved = [
+        Claim(p, f, la, ip, ClaimKind.CLUSTER_RESERVED, "cluster", "cluster")
+        for p, f, la, ip in reserved_specs
+    ]
+    index = PortIndex(cluster_reserved=reserved)
+    for owner, node, specs in writes:
+        index.set_owner(
+            owner,
+            node,
+            [Claim(p, f, la, ip, ClaimKind.HOST_PORT, owner, owner) for p, f, la, ip in specs],
+        )
+    wanted = [Claim(p, f, la, ip, ClaimKind.HOST_PORT, "me", "me") for p, f, la, ip in wanted_specs]
+    for node in NODES:
+        pairs = index.conflicts_on(node, wanted, ignore_owners={"b"})
+        expected = [
+            (want, held)
+            for want in wanted
+            for held in index.claims_on(node)
+            if held.owner != "b" and want.collides(held)
+        ]
+        assert sorted(map(repr, pairs)) == sorted(map(repr, expected))
