@@ -116,8 +116,8 @@ class InFlight:
         Each in-flight pod is looked at once, on the first of `wanted`'s ports it collides on;
         that port is the one the reason names.
         """
-        if not self._by_uid:
-            return {}
+        if not self._by_uid or (len(self._by_uid) == 1 and uid in self._by_uid):
+            return {}  # nothing in flight but (perhaps) this pod itself: the common case
         colliding: dict[str, Claim] = {}
         for want in wanted:
             for holders in self._holders_for(want):
