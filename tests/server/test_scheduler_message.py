@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from tests.conftest import MakeExtender
+from extender.kube.snapshot import load_objects
+from tests.conftest import REPO, MakeExtender
 from tests.fiterror import fit_error_message
 from tests.objects import RawDict, filter_args, node, pod, port
 from tests.server.test_http import post
@@ -49,3 +51,35 @@ async def test_one_daemonset_everywhere_gives_one_reason(
     message = fit_error_message(nodes, rejected)
     assert message == f"0/{nodes} nodes are available: {nodes} {REASON}."
     assert len(message.encode()) < 2048
+
+
+SAMPLE_BODY = REPO / "config" / "samples" / "filter-pod-identity-agent.json"
+CORDONED = "ip-10-0-1-14.ec2.internal"
+
+
+async def test_the_readme_shows_the_scheduler_message_for_the_sample(
+    make_extender: MakeExtender,
+) -> None:
+    """The README's scheduler messages for the sample cluster are the rule applied to our real
+    answers: the worked example with the free node cordoned, and the DaemonSet pod's one node."""
+    objects = load_objects([str(REPO / "config" / "samples" / "cluster.yaml")])
+    client, _ = await make_extender(objects.nodes, objects.pods)
+    body = orjson.loads(SAMPLE_BODY.read_bytes())
+    readme = (REPO / "README.md").read_text()
+
+    body["NodeNames"] = [name for name in body["NodeNames"] if name != CORDONED]
+    _, answer = await post(client, "filter", body)
+    assert answer["NodeNames"] == []
+    reasons = {**answer["FailedAndUnresolvableNodes"], CORDONED: "node(s) were unschedulable"}
+    assert fit_error_message(5, reasons) + " preemption: ..." in readme
+
+    # A DaemonSet pod: NodeAffinity (in-tree, before the extender) leaves its one node.
+    target = "ip-10-0-1-11.ec2.internal"
+    body["NodeNames"] = [target]
+    _, answer = await post(client, "filter", body)
+    elsewhere = [
+        raw["metadata"]["name"] for raw in objects.nodes if raw["metadata"]["name"] != target
+    ]
+    others = dict.fromkeys(elsewhere, "node(s) didn't match Pod's node affinity/selector")
+    reasons = {**answer["FailedAndUnresolvableNodes"], **others}
+    assert fit_error_message(5, reasons) + " preemption: ..." in readme
