@@ -32,7 +32,7 @@ from extender.core.pods import (
     pod_uid,
     reserved_owner,
 )
-from extender.core.ports import Claim, ClaimKind, PortIndex
+from extender.core.ports import Claim, ClaimKind, PortIndex, reason_text
 from extender.core.portspec import parse_port_specs
 from extender.core.sinks import RawObject
 from extender.settings import Settings
@@ -40,6 +40,7 @@ from extender.settings import Settings
 log = logging.getLogger(__name__)
 
 _MAX_REMEMBERED_PROBLEMS = 10_000
+_POD_KINDS = frozenset({ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN})
 UDP_PRUNE_INTERVAL_SECONDS = 60.0
 """UDP owner history only needs trimming now and then; its window is ten minutes."""
 
@@ -119,8 +120,13 @@ class Cluster:
         else:
             self.protected_uids.discard(uid)
         self.index.set_owner(uid, pod.node, pod.claims)
-        if pod.node and self._release_reservations(uid):
-            # The informer (or a snapshot binding) shows where the pod went: reservations settle.
+        if pod.node:
+            # The informer (or a snapshot binding) shows where the pod went, on the node we
+            # reserved or another one: reservations settle.
+            settled = self._release_reservations(uid)
+        else:
+            settled = pod.not_scheduling and self._scheduler_gave_up(pod)
+        if settled:
             self.on_change()
         for node in {pod.node, previous.node if previous else ""} - {""}:
             self._refresh_observed(node)
@@ -175,6 +181,7 @@ class Cluster:
         held = self.index.claims_of(uid)
         if pod is not None and pod.claims and (held is None or held[0] != node):
             holder = f"pod {pod.key}, which is being bound to this node"
+            by = f"held by {pod.owner_text}, which is being bound to this node (in flight)"
             claims = [
                 Claim(
                     c.protocol,
@@ -184,6 +191,7 @@ class Cluster:
                     ClaimKind.IN_FLIGHT,
                     in_flight_owner(uid),
                     holder,
+                    reason_text(c.protocol, c.first, c.last, c.ip, by),
                 )
                 for c in pod.claims
             ]
@@ -204,6 +212,24 @@ class Cluster:
             self.index.remove_owner(in_flight_owner(uid))
             released = True
         return released
+
+    def _scheduler_gave_up(self, pod: PodPorts) -> bool:
+        """Drop `pod`'s tentative reservation if the watch shows the scheduler gave up on it
+        after our filter passed it (a later extender, plugin or volume binding failed).
+
+        Only a version newer than the one the scheduler filtered counts: the pod may still
+        carry the PodScheduled=False of its previous attempt, and our watch may lag behind the
+        scheduler's. resourceVersions are compared as the integers the API server issues; one
+        that is not an integer never releases (the reservation then ends with its TTL).
+        """
+        tentative = self.in_flight.get(pod.uid)
+        if tentative is None:
+            return False
+        seen, filtered = pod.resource_version, tentative.pod.resource_version
+        if not (seen.isdigit() and filtered.isdigit() and int(seen) > int(filtered)):
+            return False
+        self.in_flight.take(pod.uid)
+        return True
 
     def bound_reservations(self) -> int:
         return len(self._bound)
@@ -287,13 +313,10 @@ class Cluster:
         if state.stale:
             self.index.remove_owner(observed_owner(name))
             return
-        pod_claims = [
-            claim
-            for claim in self.index.claims_on(name)
-            if claim.kind in (ClaimKind.HOST_PORT, ClaimKind.HOST_NETWORK, ClaimKind.LISTEN)
-        ]
+        # Looked up through the port tables: a pod with thousands of claims on this node must
+        # not make every event here cost observed x claims.
         unexplained = [
-            seen for seen in state.observed if not any(seen.collides(c) for c in pod_claims)
+            seen for seen in state.observed if not self.index.collides_on(name, seen, _POD_KINDS)
         ]
         self.index.set_owner(observed_owner(name), name, unexplained)
 

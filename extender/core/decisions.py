@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from itertools import filterfalse
 
 from extender.core.cluster import Cluster
-from extender.core.inflight import Tentative
 from extender.core.pods import PodPorts, in_flight_owner
 from extender.core.ports import SPREAD_MAX_SCORE, Claim
 
@@ -34,7 +33,8 @@ class FilterVerdict:
 
     passed: list[str]
     rejected: dict[str, str]
-    in_flight: dict[str, Tentative] = field(default_factory=dict)
+    in_flight: dict[str, str] = field(default_factory=dict)
+    """node -> why an in-flight pod may take it (only nodes not rejected otherwise)."""
     held: dict[str, Claim] = field(default_factory=dict)
     """node -> the claim that rejected it (its kind labels the rejection metric)."""
 
@@ -42,9 +42,7 @@ class FilterVerdict:
         """Rejections, counting nodes an in-flight pod may take as rejected too."""
         if not self.in_flight:
             return self.rejected
-        merged = {node: tentative.reason for node, tentative in self.in_flight.items()}
-        merged.update(self.rejected)
-        return merged
+        return {**self.in_flight, **self.rejected}
 
 
 def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> FilterVerdict:

@@ -4,7 +4,12 @@ Pure. This is the one boundary where undecoded API JSON becomes typed data; noth
 keeps whole objects. It mirrors the API server's defaulting and the scheduler's port counting
 (protocol.md §3): `hostPort > 0` of containers and of restartable init containers (native
 sidecars); for hostNetwork pods every declared `containerPort` (hostPort defaults to it); plus
-the project's annotations for ports nobody declares.
+the project's annotations for ports nobody declares. Plain init containers count only for
+hostNetwork pods, and only at start (`init_claims`).
+
+Each claim's rejection reason is formatted here, once per pod, naming the holder's workload
+(from its controller ownerReference) rather than the pod, so that the scheduler, which groups
+reasons by exact string (protocol.md §1.11), prints one line per workload and port, not per node.
 
 Two modes: `strict` for the pod the scheduler asks about (a malformed field is the caller's
 error and must be reported), lenient for objects already in the cluster (one bad entry must not
@@ -13,17 +18,19 @@ release the ports the rest of the object holds; problems are returned for loggin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from extender.core.ports import Claim, ClaimKind
+from extender.core.ports import Claim, ClaimKind, reason_text
 from extender.core.portspec import (
     normalize_ip,
     normalize_protocol,
     parse_port_specs,
     parse_port_specs_lenient,
+    split_port_specs,
 )
 from extender.errors import PortSpecError, WireError, json_type_name
 
@@ -34,6 +41,16 @@ OBSERVED_AT_ANNOTATION = "hostports.dev/observed-at"
 PROTECTED_ANNOTATION = "hostports.dev/protected"
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+MAX_LISTEN_ENTRIES = 1024
+"""The most entries a `hostports.dev/listen` annotation may have for the pod to be scheduled.
+
+A host runs a handful of undeclared listeners (a node agent has two or three); even a process
+binding one port per CPU on a 256-core machine stays far below this. Past it an annotation is a
+mistake or an attack: each entry is a claim checked on every filter call, and 100k entries took
+seconds per call (issue 14). Ranges count as one entry (`30000-30100`), so a wide block of
+ports never needs many. Pods already on nodes keep every entry (see `add_listen_annotation`).
+"""
 
 
 class PodShapeError(WireError):
@@ -63,6 +80,14 @@ class PodPorts:
     protected: bool = False
     terminal: bool = False
     problems: tuple[str, ...] = ()
+    workload: str = ""
+    """`Kind namespace/name` of the pod's controller (Deployment for a ReplicaSet's pods), or ""
+    for a pod without one."""
+    resource_version: str = ""
+    """metadata.resourceVersion, kept for unbound pods only."""
+    not_scheduling: bool = False
+    """Unbound, and the scheduler has given up on this attempt (PodScheduled=False) or never
+    will place it (it is being deleted)."""
 
     @property
     def key(self) -> str:
@@ -72,6 +97,11 @@ class PodPorts:
     def wanted(self) -> tuple[Claim, ...]:
         """Every claim that must be free on a node for the pod to start there."""
         return self.claims + self.init_claims if self.init_claims else self.claims
+
+    @property
+    def owner_text(self) -> str:
+        """The pod as a rejection names it: "a pod of Deployment ns/web", or "pod ns/web-1"."""
+        return f"a pod of {self.workload}" if self.workload else f"pod {self.key}"
 
     @property
     def family(self) -> str:
@@ -168,7 +198,8 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
     phase = _text(status.get("phase"), "Pod.status.phase", strict)
     annotations = _mapping(metadata.get("annotations"), "Pod.metadata.annotations", strict)
     protected = str(annotations.get(PROTECTED_ANNOTATION, "")).strip().lower() == "true"
-    record = _PodClaimsBuilder(uid, f"{namespace}/{name}", host_network, strict)
+    workload = workload_of(metadata, namespace)
+    record = _PodClaimsBuilder(uid, f"{namespace}/{name}", workload, host_network, strict)
 
     if phase in TERMINAL_PHASES:
         return PodPorts(
@@ -182,6 +213,7 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
             (),
             protected,
             terminal=True,
+            workload=workload,
         )
 
     containers = _sequence(spec.get("containers"), "Pod.spec.containers", strict)
@@ -191,7 +223,11 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
     for index, container in enumerate(init_containers):
         where = f"Pod.spec.initContainers[{index}]"
         sidecar = isinstance(container, Mapping) and container.get("restartPolicy") == "Always"
-        record.add_container(container, where, transient=not sidecar)
+        if sidecar or host_network:
+            # The kubelet maps host ports for no plain init container (and upstream NodePorts
+            # ignores them): without hostNetwork one neither claims nor is checked. With
+            # hostNetwork its sockets are real during init, so the port must be free then.
+            record.add_container(container, where, transient=not sidecar)
 
     listen = annotations.get(LISTEN_ANNOTATION)
     if listen is not None:
@@ -208,11 +244,58 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
         init_claims=tuple(record.init_claims),
         protected=protected,
         problems=tuple(record.problems),
+        workload=workload,
+        # Only an unbound pod's version is ever compared (see Cluster._scheduler_gave_up).
+        resource_version="" if node else _text(metadata.get("resourceVersion"), "", strict=False),
+        not_scheduling=not node
+        and (metadata.get("deletionTimestamp") is not None or _scheduling_failed(status)),
+    )
+
+
+def workload_of(metadata: Mapping[str, Any], namespace: str) -> str:
+    """`Kind namespace/name` of the pod's controller, or "" when it has none.
+
+    A ReplicaSet's pods are named after its Deployment when the ReplicaSet's name is
+    `<deployment>-<pod-template-hash>` (how the Deployment controller names them). Malformed
+    references are ignored: the workload only names the holder, it never changes a claim.
+    """
+    references = metadata.get("ownerReferences")
+    if not isinstance(references, list):
+        return ""
+    for reference in references:
+        if not isinstance(reference, Mapping) or reference.get("controller") is not True:
+            continue
+        kind, name = reference.get("kind"), reference.get("name")
+        if not isinstance(kind, str) or not isinstance(name, str) or not kind or not name:
+            return ""
+        if kind == "ReplicaSet":
+            labels = metadata.get("labels")
+            template_hash = labels.get("pod-template-hash") if isinstance(labels, Mapping) else None
+            if (
+                isinstance(template_hash, str)
+                and template_hash
+                and name.endswith(f"-{template_hash}")
+            ):
+                kind, name = "Deployment", name[: -len(template_hash) - 1]
+        # Interned: the pods of one workload share the text, as their reasons do.
+        return sys.intern(f"{kind} {namespace}/{name}")
+    return ""
+
+
+def _scheduling_failed(status: Mapping[str, Any]) -> bool:
+    conditions = status.get("conditions")
+    if not isinstance(conditions, list):
+        return False
+    return any(
+        isinstance(condition, Mapping)
+        and condition.get("type") == "PodScheduled"
+        and condition.get("status") == "False"
+        for condition in conditions
     )
 
 
 class _PodClaimsBuilder:
-    def __init__(self, uid: str, key: str, host_network: bool, strict: bool) -> None:
+    def __init__(self, uid: str, key: str, workload: str, host_network: bool, strict: bool) -> None:
         self.uid = uid
         self.key = key
         self.host_network = host_network
@@ -221,7 +304,10 @@ class _PodClaimsBuilder:
         self.init_claims: list[Claim] = []
         self.problems: list[str] = []
         kind = "hostNetwork" if host_network else "hostPort"
+        # `holder` names the pod (who, audit, /debug); the reason names its workload, so that
+        # every node where the same workload holds the same port gives the same string.
         self.holder = f"{kind} pod {key}"
+        self.held_by = f"held by {kind} {f'pods of {workload}' if workload else f'pod {key}'}"
 
     def add_container(self, container: object, where: str, *, transient: bool) -> None:
         if not isinstance(container, Mapping):
@@ -260,7 +346,8 @@ class _PodClaimsBuilder:
             self._problem(f"{where}: {error}")
             return None
         kind = ClaimKind.HOST_NETWORK if self.host_network else ClaimKind.HOST_PORT
-        return Claim(protocol, host_port, host_port, ip, kind, self.uid, self.holder)
+        reason = reason_text(protocol, host_port, host_port, ip, self.held_by)
+        return Claim(protocol, host_port, host_port, ip, kind, self.uid, self.holder, reason)
 
     def add_listen_annotation(self, value: object) -> None:
         if not isinstance(value, str):
@@ -272,19 +359,42 @@ class _PodClaimsBuilder:
                 f"annotation {LISTEN_ANNOTATION} ignored: pod {self.key} does not use hostNetwork"
             )
             return
+        entries = split_port_specs(value)
+        if len(entries) > MAX_LISTEN_ENTRIES:
+            too_many = (
+                f"annotation {LISTEN_ANNOTATION} on pod {self.key} has {len(entries)} entries, "
+                f"more than the limit of {MAX_LISTEN_ENTRIES}"
+            )
+            if self.strict:
+                # Counted before parsing: refusing 100k entries costs one split, not 100k parses.
+                raise ListenAnnotationError(f"{too_many}; merge ports into ranges (30000-30100)")
+            # A pod already on a node really listens there: keep every claim, say so once.
+            self.problems.append(f"{too_many}; all kept for the pod already placed")
         if self.strict:
             try:
-                specs = parse_port_specs(value)
+                specs = parse_port_specs(value, entries)
             except PortSpecError as error:
                 raise ListenAnnotationError(
                     f"invalid annotation {LISTEN_ANNOTATION} on pod {self.key}: {error}"
                 ) from error
         else:
-            specs, problems = parse_port_specs_lenient(value)
+            specs, problems = parse_port_specs_lenient(value, entries)
             self.problems.extend(f"annotation {LISTEN_ANNOTATION}: {p}" for p in problems)
+        specs = tuple(dict.fromkeys(specs))  # a repeated entry claims nothing more
         holder = f"hostNetwork pod {self.key} (undeclared listener, {LISTEN_ANNOTATION})"
+        held_by = f"{self.held_by} (undeclared listener, {LISTEN_ANNOTATION})"
+        uid, kind = self.uid, ClaimKind.LISTEN
         self.claims.extend(
-            Claim(s.protocol, s.first, s.last, s.ip, ClaimKind.LISTEN, self.uid, holder)
+            Claim(
+                s.protocol,
+                s.first,
+                s.last,
+                s.ip,
+                kind,
+                uid,
+                holder,
+                reason_text(s.protocol, s.first, s.last, s.ip, held_by),
+            )
             for s in specs
         )
 

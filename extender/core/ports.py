@@ -16,6 +16,7 @@ A pod never conflicts with itself: callers pass the owners to ignore.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -54,12 +55,25 @@ class ClaimKind(StrEnum):
         return "dnat" if self in (ClaimKind.HOST_PORT, ClaimKind.IN_FLIGHT) else "socket"
 
 
+def reason_text(protocol: str, first: int, last: int, ip: str, by: str) -> str:
+    """A rejection reason that reads after the scheduler's node count, e.g. `80/TCP on every
+    address held by hostPort pods of Deployment ingress/web` (protocol.md §1.11).
+
+    Built once per claim when its object is decoded, never per node on the request path.
+    Interned: the pods of one workload share one string, however many nodes they run on.
+    """
+    ports = str(first) if first == last else f"{first}-{last}"
+    return sys.intern(f"{ports}/{protocol} on {ip or 'every address'} {by}")
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """One host-level hold on ports `first..last` of `protocol` at `ip` ("" = every address).
 
     `owner` identifies what holds it for removal and self-exclusion (a pod UID, or
-    "node:<name>:reserved" and the like); `holder` is how a person names it in a rejection.
+    "node:<name>:reserved" and the like); `holder` names it exactly (the pod, for `who` and the
+    audit); `reason` is the rejection text, which names a pod's workload instead (see
+    `reason_text`); when not given it is built from `holder`.
     """
 
     protocol: str
@@ -73,9 +87,11 @@ class Claim:
 
     def __post_init__(self) -> None:
         if not self.reason:
-            where = self.ip or "every address"
-            verb = "is held by" if self.kind is not ClaimKind.NODE_RESERVED else "is reserved by"
-            object.__setattr__(self, "reason", f"{self.spec} on {where} {verb} {self.holder}")
+            verb = "held by" if self.kind is not ClaimKind.NODE_RESERVED else "reserved by"
+            by = f"{verb} {self.holder}"
+            object.__setattr__(
+                self, "reason", reason_text(self.protocol, self.first, self.last, self.ip, by)
+            )
 
     @property
     def spec(self) -> str:
@@ -175,9 +191,9 @@ class PortIndex:
             else:
                 self._pod_owner_count.pop(old.node, None)
                 self._spread_scores.pop(old.node, None)
+        self._discard_owner(old.node, owner, old.claims)
         now = self._clock()
         for claim in old.claims:
-            self._discard(old.node, claim)
             if claim.protocol == "UDP" and claim.kind is not ClaimKind.IN_FLIGHT:
                 for port in _udp_ports(claim):
                     self._udp_released.setdefault(port, {})[old.node] = (claim.kind.family, now)
@@ -193,29 +209,35 @@ class PortIndex:
             range(claim.first, claim.last + 1), self._tables_holding(claim), strict=False
         ):
             held = table.setdefault(node, [])
-            held.append(claim)
-            if narrow and _owned_by_several(held):
+            # Until now `held` had one owner or was already shared: comparing with its first
+            # claim keeps this O(1) however many claims one owner piles on one port.
+            if narrow and held and held[0].owner != claim.owner:
                 self._shared.add((claim.protocol, port, node))
+            held.append(claim)
 
-    def _discard(self, node: str, claim: Claim) -> None:
-        narrow = claim.last - claim.first < RANGE_EXPANSION_LIMIT
-        for port, table in zip(
-            range(claim.first, claim.last + 1), self._tables_holding(claim), strict=False
-        ):
-            held = table.get(node)
-            if held is not None:
-                held.remove(claim)
-                if narrow and not _owned_by_several(held):
-                    self._shared.discard((claim.protocol, port, node))
-                if not held:
-                    del table[node]
-        # Drop emptied keys so the key scans in `_tables_for` stay proportional to what is held.
-        if claim.last - claim.first < RANGE_EXPANSION_LIMIT:
-            for port in range(claim.first, claim.last + 1):
-                if not self._points.get((claim.protocol, port), True):
-                    del self._points[(claim.protocol, port)]
-        elif not self._ranges.get((claim.protocol, claim.first, claim.last), True):
-            del self._ranges[(claim.protocol, claim.first, claim.last)]
+    def _discard_owner(self, node: str, owner: str, claims: Sequence[Claim]) -> None:
+        """Take every claim of `owner` off `node`: each (port, node) list is filtered once,
+        so an owner with many claims on one port costs linear time, not claims x claims."""
+        points: set[tuple[str, int]] = set()
+        ranges: set[tuple[str, int, int]] = set()
+        for claim in claims:
+            if claim.last - claim.first < RANGE_EXPANSION_LIMIT:
+                points.update((claim.protocol, port) for port in range(claim.first, claim.last + 1))
+            else:
+                ranges.add((claim.protocol, claim.first, claim.last))
+        for point in points:
+            nodes = self._points.get(point)
+            kept = _without_owner(nodes, node, owner)
+            if kept is None or not _owned_by_several(kept):
+                self._shared.discard((point[0], point[1], node))
+            # Drop emptied keys so the key scans in `_tables_for` stay proportional to what is held.
+            if nodes is not None and not nodes:
+                del self._points[point]
+        for wide in ranges:
+            nodes = self._ranges.get(wide)
+            _without_owner(nodes, node, owner)
+            if nodes is not None and not nodes:
+                del self._ranges[wide]
 
     def _tables_holding(self, claim: Claim) -> list[NodeClaims]:
         """The node tables `claim` belongs in: one per port for narrow ranges, else one range."""
@@ -322,14 +344,38 @@ class PortIndex:
     def conflicts_on(
         self, node: str, wanted: Sequence[Claim], ignore_owners: Collection[str] = ()
     ) -> list[tuple[Claim, Claim]]:
-        """Every (wanted, held) pair that collides on one node: for preemption and `who`."""
+        """Every (wanted, held) pair that collides on one node: for preemption and `who`.
+
+        Found through the port tables, so the work is O(wanted ports x claims on those ports
+        there), not O(wanted x every claim on the node).
+        """
         pairs: list[tuple[Claim, Claim]] = []
         for want in wanted:
-            held_claims = [*self._by_node_claims(node), *self.cluster_reserved]
-            for held in held_claims:
-                if held.owner not in ignore_owners and want.collides(held):
-                    pairs.append((want, held))
+            seen: set[int] = set()  # a claim over several ports sits in several tables
+            for nodes in self._tables_for(want):
+                for held in nodes.get(node, ()):
+                    if (
+                        id(held) not in seen
+                        and held.owner not in ignore_owners
+                        and want.collides(held)
+                    ):
+                        seen.add(id(held))
+                        pairs.append((want, held))
+            pairs.extend(
+                (want, held)
+                for held in self.cluster_reserved
+                if held.owner not in ignore_owners and want.collides(held)
+            )
         return pairs
+
+    def collides_on(self, node: str, claim: Claim, kinds: Collection[ClaimKind]) -> bool:
+        """Whether a claim of `kinds` held on `node` collides with `claim` (via the port tables:
+        O(ports of `claim` x claims there), not O(claims on the node))."""
+        for nodes in self._tables_for(claim):
+            for held in nodes.get(node, ()):
+                if held.kind in kinds and claim.collides(held):
+                    return True
+        return False
 
     def _by_node_claims(self, node: str) -> Iterator[Claim]:
         for held in self._by_node.get(node, {}).values():
@@ -402,9 +448,33 @@ class PortIndex:
                 ):
                     found.setdefault(node, set()).add(claim)
 
+        def note_port(node: str, held: Sequence[Claim], reserved: Sequence[Claim]) -> None:
+            # Every claim here holds this one port: only owners and addresses decide. Up to two
+            # owners per address say whether "another owner" exists, so a pod with thousands
+            # of claims on one port costs linear time, not claims x claims.
+            owners_at: dict[str, set[str]] = {}
+            everyone: set[str] = set()
+            for other in (*held, *reserved):
+                if other.kind in ignore:
+                    continue
+                at = owners_at.setdefault(other.ip, set())
+                if len(at) < 2:
+                    at.add(other.owner)
+                if len(everyone) < 2:
+                    everyone.add(other.owner)
+            wildcard = owners_at.get(WILDCARD, set())
+            for claim in held:
+                if claim.kind not in kinds:
+                    continue
+                pool = (
+                    everyone if claim.ip == WILDCARD else owners_at.get(claim.ip, set()) | wildcard
+                )
+                if any(owner != claim.owner for owner in pool):
+                    found.setdefault(node, set()).add(claim)
+
         for protocol, port, node in self._shared:
             held = self._points[(protocol, port)][node]
-            note(node, held, [*held, *self._reserved_at(protocol, port)])
+            note_port(node, held, self._reserved_at(protocol, port))
         for reserved in self.cluster_reserved:
             # Cluster-wide reserved ports are few; their ports' holders are checked against them.
             for (protocol, port), nodes in self._points.items():
@@ -519,6 +589,19 @@ def _prune(table: dict[int, dict[str, _T]], when: Callable[[_T], float], horizon
             del nodes[node]
         if not nodes:
             del table[port]
+
+
+def _without_owner(nodes: NodeClaims | None, node: str, owner: str) -> list[Claim] | None:
+    """Remove `owner`'s claims from `nodes[node]`; the claims left there (None: none)."""
+    held = None if nodes is None else nodes.get(node)
+    if held is None or nodes is None:
+        return None
+    kept = [claim for claim in held if claim.owner != owner]
+    if kept:
+        nodes[node] = kept
+        return kept
+    del nodes[node]
+    return None
 
 
 def _owned_by_several(held: list[Claim]) -> bool:

@@ -8,7 +8,7 @@ Pure: no I/O, no asyncio, no Kubernetes. Used by the pod/node decoders (annotati
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from extender.errors import PortSpecError
@@ -69,6 +69,8 @@ class PortSpec:
 def parse_port_spec(entry: str) -> PortSpec:
     """Parse one `PORT[-END][/PROTO][@IP]` entry; PortSpecError quotes the entry when it is bad."""
     text = entry.strip()
+    if text.isascii() and text.isdigit() and 1 <= (port := int(text)) <= 65535:
+        return PortSpec("TCP", port, port)  # the common bare `PORT`, without the full parse
     if not text:
         raise PortSpecError("empty port entry")
     ports_proto, at, ip_text = text.partition("@")
@@ -100,21 +102,29 @@ def _parse_port(text: str) -> int:
     return port
 
 
-def parse_port_specs(text: str) -> tuple[PortSpec, ...]:
-    """Parse a comma-separated list strictly: the first bad entry raises PortSpecError."""
-    return tuple(parse_port_spec(entry) for entry in text.split(",") if entry.strip())
+def split_port_specs(text: str) -> list[str]:
+    """The non-empty entries of a comma-separated list, unparsed (to count them first)."""
+    return [entry for entry in text.split(",") if entry.strip()]
 
 
-def parse_port_specs_lenient(text: str) -> tuple[tuple[PortSpec, ...], tuple[str, ...]]:
+def parse_port_specs(text: str, entries: Sequence[str] | None = None) -> tuple[PortSpec, ...]:
+    """Parse a comma-separated list strictly: the first bad entry raises PortSpecError.
+
+    `entries`, if given, is `split_port_specs(text)` already done by the caller.
+    """
+    return tuple(parse_port_spec(entry) for entry in entries or split_port_specs(text))
+
+
+def parse_port_specs_lenient(
+    text: str, entries: Sequence[str] | None = None
+) -> tuple[tuple[PortSpec, ...], tuple[str, ...]]:
     """Parse what can be parsed and report the rest, for objects already in the cluster.
 
     A typo in one entry of a node's annotation must not release the ports its other entries hold.
     """
     specs: list[PortSpec] = []
     problems: list[str] = []
-    for entry in text.split(","):
-        if not entry.strip():
-            continue
+    for entry in entries or split_port_specs(text):
         try:
             specs.append(parse_port_spec(entry))
         except PortSpecError as error:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from extender.core.cluster import Cluster
 from extender.core.decisions import filter_pod
 from extender.core.inflight import InFlight
-from extender.core.pods import decode_pod, in_flight_owner
+from extender.core.pods import decode_pod, in_flight_owner, observed_owner
 from extender.settings import Settings
 from tests.objects import node, pod, port
 
@@ -87,6 +89,32 @@ def test_observed_listeners_count_unless_explained_or_stale() -> None:
     cluster.sweep()
     assert cluster.observation_is_stale("n1")
     assert rejected(cluster, pod("agent", host_network=True, ports=[port(2703)]), ["n1"]) == {}
+
+
+def test_observations_beside_a_pod_with_thousands_of_claims_stay_cheap() -> None:
+    """An agent reporting 3,000 listeners on a node where one pod holds 10,000 ports: the pod's
+    events there cost little (observed x claims took seconds), and the split stays exact."""
+    clock = Clock()
+    cluster = make_cluster(clock, observed_stale_seconds=300)
+    clock.wall = 1_800_000_000.0 + 10
+    observed = ",".join(str(p) for p in range(20_000, 23_000))
+    cluster.nodes.upsert(
+        node(
+            "n1",
+            {
+                "hostports.dev/observed": observed,
+                "hostports.dev/observed-at": "2027-01-15T08:00:00Z",
+            },
+        )
+    )
+    big = pod("big", node="n1", host_network=True, ports=[port(p) for p in range(12_000, 22_000)])
+    started = time.perf_counter()
+    for _ in range(3):
+        cluster.pods.upsert(big)
+    assert time.perf_counter() - started < 2.0
+    observed_claims = cluster.index.claims_of(observed_owner("n1"))
+    assert observed_claims is not None
+    assert [c.first for c in observed_claims[1]] == list(range(22_000, 23_000))
 
 
 def test_binding_in_live_mode_holds_a_reservation_until_the_watch_shows_the_pod() -> None:

@@ -79,12 +79,30 @@ def test_claims_of_a_pod(
     assert summary(raw) == expected
 
 
-def test_plain_init_container_ports_are_needed_but_not_held() -> None:
-    """A plain init container's hostPort must be free at start but is released afterwards."""
-    record = decode_pod(pod("init", init_ports=[port(7000, 7000)]))
-    assert record.claims == ()
-    assert [(c.first, c.kind) for c in record.init_claims] == [(7000, ClaimKind.HOST_PORT)]
-    assert [c.first for c in record.wanted] == [7000]
+@pytest.mark.parametrize(
+    ("raw", "claims", "init_claims"),
+    [
+        # Without hostNetwork the kubelet maps no host port for a plain init container.
+        (pod("init", init_ports=[port(7000, 7000)]), [], []),
+        # With hostNetwork its socket is real while it runs: needed at start, not held after.
+        (pod("init-hn", host_network=True, init_ports=[port(7000)]), [], [(7000, "hostNetwork")]),
+        # Native sidecars hold their ports like containers, with or without hostNetwork.
+        (pod("sidecar", sidecar_ports=[port(7000, 7000)]), [(7000, "hostPort")], []),
+        (
+            pod("sidecar-hn", host_network=True, sidecar_ports=[port(7000)]),
+            [(7000, "hostNetwork")],
+            [],
+        ),
+    ],
+)
+def test_init_container_ports(
+    raw: dict[str, Any], claims: list[tuple[int, str]], init_claims: list[tuple[int, str]]
+) -> None:
+    """Which init-container ports are held, which are only needed at start, which count not."""
+    record = decode_pod(raw)
+    assert [(c.first, c.kind.value) for c in record.claims] == claims
+    assert [(c.first, c.kind.value) for c in record.init_claims] == init_claims
+    assert [c.first for c in record.wanted] == [first for first, _ in claims + init_claims]
 
 
 def test_listen_annotation_on_non_host_network_pod_is_reported() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,10 +63,9 @@ def test_reason_names_port_protocol_address_and_holder() -> None:
         holder="hostNetwork pod kube-system/eks-pod-identity-agent-x7k2",
     )
     assert held.reason == (
-        "80/TCP on 169.254.170.23 is held by "
-        "hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
+        "80/TCP on 169.254.170.23 held by hostNetwork pod kube-system/eks-pod-identity-agent-x7k2"
     )
-    assert claim("8125/UDP").reason.startswith("8125/UDP on every address is held by")
+    assert claim("8125/UDP").reason.startswith("8125/UDP on every address held by")
 
 
 def test_a_pod_never_conflicts_with_itself() -> None:
@@ -291,3 +292,65 @@ def test_compacting_keeps_the_spread_scores() -> None:
     index.remove_owner("q")
     index.set_owner("r", "n1", [claim("90", owner="r")])
     assert index.spread_scores == {"n1": 6}
+
+
+def test_many_claims_of_one_owner_on_one_port_cost_linear_time() -> None:
+    """20,000 claims of one pod on port 80 (distinct addresses) go in and out in well under a
+    second (claims x claims took minutes), and share the port with another owner correctly."""
+    index = PortIndex()
+    many = [claim("80", f"10.0.{i // 256}.{i % 256}", owner="pod") for i in range(20_000)]
+    started = time.perf_counter()
+    index.set_owner("pod", "n1", many)
+    index.set_owner("other", "n1", [claim("80", "10.0.0.7", owner="other")])
+    assert index.colliding_claims({ClaimKind.HOST_PORT})["n1"] == {
+        many[7],
+        claim("80", "10.0.0.7", owner="other"),
+    }
+    index.remove_owner("pod")
+    assert time.perf_counter() - started < 1.0
+    assert index.colliding_claims({ClaimKind.HOST_PORT}) == {}
+    assert index.conflicts([claim("80", owner="new")]) == {
+        "n1": claim("80", "10.0.0.7", owner="other")
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(NODES),
+            st.lists(claims_strategy, max_size=3),
+        ),
+        max_size=10,
+    ),
+    st.lists(claims_strategy, min_size=1, max_size=3),
+    st.lists(claims_strategy, max_size=1),
+)
+def test_conflicts_on_matches_a_scan_of_the_node(
+    writes: list[tuple[str, str, list[tuple[str, int, int, str]]]],
+    wanted_specs: list[tuple[str, int, int, str]],
+    reserved_specs: list[tuple[str, int, int, str]],
+) -> None:
+    """The table lookups find each colliding (wanted, held) pair on a node exactly once."""
+    reserved = [
+        Claim(p, f, la, ip, ClaimKind.CLUSTER_RESERVED, "cluster", "cluster")
+        for p, f, la, ip in reserved_specs
+    ]
+    index = PortIndex(cluster_reserved=reserved)
+    for owner, node, specs in writes:
+        index.set_owner(
+            owner,
+            node,
+            [Claim(p, f, la, ip, ClaimKind.HOST_PORT, owner, owner) for p, f, la, ip in specs],
+        )
+    wanted = [Claim(p, f, la, ip, ClaimKind.HOST_PORT, "me", "me") for p, f, la, ip in wanted_specs]
+    for node in NODES:
+        pairs = index.conflicts_on(node, wanted, ignore_owners={"b"})
+        expected = [
+            (want, held)
+            for want in wanted
+            for held in index.claims_on(node)
+            if held.owner != "b" and want.collides(held)
+        ]
+        assert sorted(map(repr, pairs)) == sorted(map(repr, expected))

@@ -142,3 +142,30 @@ async def test_debug_views_are_read_only(make_extender: MakeExtender) -> None:
         response = await client.post(path, data=b"{}")
         assert response.status == 405
     assert cluster.index.fingerprint() == before
+
+
+async def test_the_reason_names_the_workload_and_the_views_name_the_pod(
+    make_extender: MakeExtender,
+) -> None:
+    """From a rejection to the pod: the filter reason names the Deployment; /debug/nodes on that
+    node and port, and /debug/conflicts, name the exact ingress pod."""
+    client = await sample_extender(make_extender)
+    ingress_node = "ip-10-0-1-15.ec2.internal"
+    response = await client.post(
+        "/filter",
+        data=json.dumps(filter_args(pod("web", ports=[port(80, 80)]), [ingress_node])),
+        headers={"Content-Type": "application/json"},
+    )
+    reason = (await response.json())["FailedAndUnresolvableNodes"][ingress_node]
+    assert "Deployment ingress-nginx/ingress-nginx-controller" in reason
+    assert "7d9c5-r8n4k" not in reason
+    view = await get(client, f"/debug/nodes/{ingress_node}?port=80")
+    pods = {claim["pod"] for claim in view["claims"]}
+    assert "ingress-nginx/ingress-nginx-controller-7d9c5-r8n4k" in pods
+    assert "kube-system/eks-pod-identity-agent-h5k8m" in pods
+    holders = {
+        claim["holder"]
+        for conflict in (await get(client, "/debug/conflicts"))["conflicts"]
+        for claim in conflict["claims"]
+    }
+    assert "hostPort pod ingress-nginx/ingress-nginx-controller-7d9c5-r8n4k" in holders

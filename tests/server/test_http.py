@@ -49,7 +49,7 @@ async def test_filter_rejects_conflicting_nodes_with_reasons(make_extender: Make
         "NodeNames": ["n2", "n3"],
         "FailedNodes": {},
         "FailedAndUnresolvableNodes": {
-            "n1": "80/TCP on 169.254.170.23 is held by hostNetwork pod kube-system/agent "
+            "n1": "80/TCP on 169.254.170.23 held by hostNetwork pod kube-system/agent "
             "(undeclared listener, hostports.dev/listen)",
         },
         "Error": "",

@@ -51,10 +51,10 @@ def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[st
     assert answer["NodeNames"] == ["ip-10-0-1-14.ec2.internal"]
     reasons = answer["FailedAndUnresolvableNodes"]
     assert (
-        "hostPort pod ingress-nginx/ingress-nginx-controller"
+        "hostPort pods of Deployment ingress-nginx/ingress-nginx-controller"
         in reasons["ip-10-0-1-11.ec2.internal"]
     )
-    assert "kube-system/eks-pod-identity-agent-q9d4s" in reasons["ip-10-0-1-13.ec2.internal"]
+    assert "DaemonSet kube-system/eks-pod-identity-agent" in reasons["ip-10-0-1-13.ec2.internal"]
     assert "ip-10-0-1-15.ec2.internal" in reasons
 
 

@@ -60,7 +60,10 @@ def test_pod_identity_agent_daemonset_names_the_ingress_nodes(
     assert [b["node"] for b in workload["blocked"]] == INGRESS_NODES
     for blocked in workload["blocked"]:
         (reason,) = blocked["reasons"]
-        assert reason.startswith("80/TCP on every address is held by hostPort pod ingress-nginx/")
+        assert reason == (
+            "80/TCP on every address held by hostPort pods of "
+            "Deployment ingress-nginx/ingress-nginx-controller"
+        )
     assert workload["free"] == ["ip-10-0-1-13.ec2.internal", "ip-10-0-1-14.ec2.internal"]
     assert workload["untargeted"] == []
     assert workload["replacing"] == [
