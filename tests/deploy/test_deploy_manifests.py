@@ -954,7 +954,7 @@ async def test_walkthrough_sample_keeps_the_agent_off_the_protected_ingress(
     aiohttp_client: Any,
 ) -> None:
     """The README's EKS walkthrough answer: the agent's pod for an ingress node is refused as
-    unresolvable (no preemption can help), naming the ingress pod that holds :80."""
+    unresolvable (no preemption can help), naming the ingress Deployment that holds :80."""
     loaded = yaml.safe_load((CONFIG / "samples/eks-routed-cluster.yaml").read_text())["items"]
     cluster = Cluster(Settings())
     cluster.nodes.replace([o for o in loaded if o["kind"] == "Node"])
@@ -969,8 +969,8 @@ async def test_walkthrough_sample_keeps_the_agent_off_the_protected_ingress(
     assert answer == {
         "FailedNodes": {},
         "FailedAndUnresolvableNodes": {
-            "ip-10-0-2-11.ec2.internal": "80/TCP on every address is held by hostPort pod "
-            "ingress-nginx/ingress-nginx-controller-5f8b9-k2x7p"
+            "ip-10-0-2-11.ec2.internal": "80/TCP on every address held by hostPort pods of "
+            "Deployment ingress-nginx/ingress-nginx-controller"
         },
         "Error": "",
         "NodeNames": [],
