@@ -480,10 +480,12 @@ def test_every_dashboard_query_runs_in_prometheus(webhook_traffic: Scraped) -> N
     ) as response:
         exported |= sample_names(response.read().decode())
     assert "hostport_extender_webhook_scheduler_lease_age_seconds" in exported
-    # Two scrapes at least, so that rates have their two samples.
+    # Two scrapes at least since the first filter call created its series, so that rates have
+    # their two samples (the webhook's counters have theirs: webhook_traffic).
     until(
         lambda: scraped.query(
-            'count_over_time(hostport_extender_index_nodes{pod="extender-e2e"}[1m]) >= 2'
+            "count_over_time(hostport_extender_request_duration_seconds_count"
+            '{pod="extender-e2e", verb="filter"}[1m]) >= 2'
         )
     )
     for expr in dashboard_queries():
