@@ -1,6 +1,6 @@
 """config/monitoring proven with the real tools: promtool checks and unit-tests the rules, a real
-Prometheus scrapes a running extender and evaluates them, and the Grafana dashboard queries only
-metrics that running servers really export.
+Prometheus scrapes a running extender and a running webhook and evaluates them, and the Grafana
+dashboard queries only metrics that running servers really export.
 
 promtool and prometheus come from Debian's `prometheus` package (`scripts/system-deps`).
 """
@@ -8,18 +8,24 @@ promtool and prometheus come from Debian's `prometheus` package (`scripts/system
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ from extender.kube.snapshot import load_objects
 from tests.conftest import REPO, start_command
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.pki import SERVICE_NAME, make_pki
+from tests.webhook.test_guard import SCHEDULER, delete_review, victim
 from tests.webhook.test_webhook import pod, review
 
 MONITORING = REPO / "config" / "monitoring"
@@ -40,6 +47,8 @@ SAMPLE = REPO / "config" / "samples" / "cluster.yaml"
 FILTER_REQUEST = REPO / "config" / "samples" / "filter-pod-identity-agent.json"
 NEVER = "vector(1) < 0"
 ALWAYS = "vector(1)"
+LEASE = ("hostport-system", "hostport-aware-scheduler")
+ROUTING_GROUP = "hostport-extender-routing"
 
 
 def rule_groups() -> list[dict[str, Any]]:
@@ -157,10 +166,13 @@ def get_json(url: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Scraped:
-    """A running Prometheus and the `serve --snapshot` it scrapes."""
+    """A running Prometheus, the `serve --snapshot` and the `webhook` it scrapes."""
 
     prometheus: str
     extender: str
+    webhook: str
+    tls: ssl.SSLContext
+    """Trusts the webhook's CA (and checks the name it serves)."""
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         answer = get_json(
@@ -170,64 +182,189 @@ class Scraped:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def post_webhook(self, path: str, raw_review: dict[str, Any]) -> dict[str, Any]:
+        """POST one AdmissionReview to the webhook over HTTPS; its answer."""
+        request = urllib.request.Request(
+            self.webhook + path,
+            data=json.dumps(raw_review).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5, context=self.tls) as response:
+            assert response.status == 200
+            answered: dict[str, Any] = json.loads(response.read())["response"]
+            return answered
+
+
+@contextlib.contextmanager
+def api_server_in_a_thread(directory: Path) -> Iterator[FakeApiServer]:
+    """The fake API server on its own event loop in a thread, for the synchronous fixture."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-api", daemon=True)
+    thread.start()
+    fake = FakeApiServer(token="t", pki=Pki.create(directory / "api-pki"))
+    try:
+        asyncio.run_coroutine_threadsafe(fake.start(), loop).result(30)
+        try:
+            yield fake
+        finally:
+            asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def start_webhook(
+    directory: Path, kubeconfig: Path, pki_dir: Path
+) -> tuple[subprocess.Popen[str], str]:
+    """`webhook` on 127.0.0.1:0 (its log in a file, so no pipe can fill); it and its base URL."""
+    pki = make_pki(pki_dir)
+    log_path = directory / "webhook.log"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "extender", "webhook", "--listen", "127.0.0.1:0",
+            "--kubeconfig", str(kubeconfig),
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        ],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_path.open("w"), text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+    def listening() -> str | None:
+        assert process.poll() is None, log_path.read_text()
+        found = re.search(r"webhook listening on (https://\S+)/mutate", log_path.read_text())
+        return found[1] if found else None
+
+    return process, until(listening)
+
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
-    """`serve --snapshot` on the sample, scraped every second by a real Prometheus (its own temp
-    dir, 127.0.0.1 only) that evaluates the shipped rules every second."""
+    """`serve --snapshot` on the sample over HTTP and a `webhook` over HTTPS (whose scheduler
+    Lease, on the fake API server, was last renewed 10 minutes ago), both scraped every second
+    by a real Prometheus (its own temp dir, 127.0.0.1 only) that evaluates the shipped rules
+    every second."""
     directory = tmp_path_factory.mktemp("prometheus")
     extender = start_command("serve", "--snapshot", str(SAMPLE), "--listen", "127.0.0.1:0")
     prometheus: subprocess.Popen[str] | None = None
+    webhook: subprocess.Popen[str] | None = None
     try:
         assert extender.stdout is not None
         found = re.search(r"on http://(127\.0\.0\.1:\d+)", extender.stdout.readline())
         assert found is not None
-        write_rules(directory, rule_groups())
-        # Prometheus hands discovered targets to its scrapers every 5 s (fixed in 2.42), so
-        # the first scrape comes about 5 s after it is ready, whatever the interval.
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [RULES_NAME],
-            "scrape_configs": [
-                {
-                    "job_name": "hostport-extender",
-                    "static_configs": [
-                        {
-                            "targets": [found[1]],
-                            "labels": {"namespace": "hostport-system", "pod": "extender-e2e"},
-                        }
-                    ],
-                }
-            ],
-        }
-        (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        address = f"127.0.0.1:{free_port()}"
-        prometheus = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address={address}",
-            ],
-            cwd=directory,
-            stdout=subprocess.DEVNULL,
-            stderr=(directory / "prometheus.log").open("w"),
-            text=True,
-        )
-        url = f"http://{address}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert prometheus.poll() is None, (directory / "prometheus.log").read_text()
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
-                break
-            assert time.monotonic() < deadline, "Prometheus not ready in 30 s"
-            time.sleep(0.1)
-        yield Scraped(url, f"http://{found[1]}")
+        with api_server_in_a_thread(directory) as fake:
+            fake.put_lease(
+                *LEASE,
+                holder="hostport-aware-scheduler-7c9f_0b1e",
+                renewed=datetime.now(UTC) - timedelta(minutes=10),
+            )
+            kubeconfig = fake.write_kubeconfig(directory / "kubeconfig", token="t")
+            webhook, webhook_url = start_webhook(directory, kubeconfig, directory)
+            write_rules(directory, rule_groups())
+            # Prometheus hands discovered targets to its scrapers every 5 s (fixed in 2.42), so
+            # the first scrape comes about 5 s after it is ready, whatever the interval.
+            config = {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [RULES_NAME],
+                "scrape_configs": [
+                    {
+                        "job_name": "hostport-extender",
+                        "static_configs": [
+                            {
+                                "targets": [found[1]],
+                                "labels": {"namespace": "hostport-system", "pod": "extender-e2e"},
+                            }
+                        ],
+                    },
+                    # As the PodMonitor's webhook endpoint: HTTPS, checked against the CA.
+                    {
+                        "job_name": "hostport-extender-webhook",
+                        "scheme": "https",
+                        "tls_config": {
+                            "ca_file": str(directory / "ca.crt"),
+                            "server_name": SERVICE_NAME,
+                        },
+                        "static_configs": [
+                            {
+                                "targets": [webhook_url.removeprefix("https://")],
+                                "labels": {"namespace": "hostport-system", "pod": "webhook-e2e"},
+                            }
+                        ],
+                    },
+                ],
+            }
+            (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+            address = f"127.0.0.1:{free_port()}"
+            prometheus = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={directory / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={directory / 'data'}",
+                    f"--web.listen-address={address}",
+                ],
+                cwd=directory,
+                stdout=subprocess.DEVNULL,
+                stderr=(directory / "prometheus.log").open("w"),
+                text=True,
+            )
+            url = f"http://{address}"
+            deadline = time.monotonic() + 30
+            while True:
+                assert prometheus.poll() is None, (directory / "prometheus.log").read_text()
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
+                    break
+                assert time.monotonic() < deadline, "Prometheus not ready in 30 s"
+                time.sleep(0.1)
+            tls = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+            yield Scraped(url, f"http://{found[1]}", webhook_url, tls)
     finally:
         if prometheus is not None:
             stop(prometheus)
+        if webhook is not None:
+            stop(webhook)
         stop(extender)
+
+
+HOST_PORT_POD = review(pod(host_port=80))
+PROTECTED_DELETE = delete_review(victim(host_port=80, protected="true"), SCHEDULER)
+
+
+@pytest.fixture(scope="module")
+def webhook_traffic(scraped: Scraped) -> Scraped:
+    """A host-port pod admitted unrouted (the Lease is stale) and a scheduler's DELETE of a
+    protected pod refused, each before and after Prometheus first scraped its counter, so that
+    both counters have a rate."""
+
+    def send() -> None:
+        admitted = scraped.post_webhook("/mutate", HOST_PORT_POD)
+        assert admitted["allowed"] is True
+        patch = json.loads(base64.b64decode(admitted["patch"]))
+        assert [op["path"] for op in patch] == ["/metadata/annotations"]  # no schedulerName
+        assert patch[0]["value"] == {"hostports.dev/unrouted": "scheduler-lease-stale"}
+        refused = scraped.post_webhook("/validate", PROTECTED_DELETE)
+        assert refused["allowed"] is False
+
+    send()
+    until(
+        lambda: (
+            scraped.query('hostport_extender_guard_decisions_total{pod="webhook-e2e"}')
+            and scraped.query('hostport_extender_admission_reviews_total{pod="webhook-e2e"}')
+        ),
+        timeout=30,
+    )
+    send()
+    until(
+        lambda: (
+            scraped.query(
+                'rate(hostport_extender_guard_decisions_total{pod="webhook-e2e"}[1m]) > 0'
+            )
+            and scraped.query(
+                'rate(hostport_extender_admission_reviews_total{pod="webhook-e2e"}[1m]) > 0'
+            )
+        )
+    )
+    return scraped
 
 
 def post_filter(extender: str) -> None:
@@ -249,10 +386,12 @@ def until(condition: Any, timeout: float = 20.0) -> Any:
     return value
 
 
-def test_prometheus_scrapes_the_extender_and_records_its_rates(scraped: Scraped) -> None:
+def test_prometheus_scrapes_the_extender_and_records_its_rates(webhook_traffic: Scraped) -> None:
     """With filter calls arriving, the recording rules yield the extender's request rate and its
     rejections by claim kind, labelled with the scrape's namespace and pod; every rule evaluates
-    without error, and the one alert pending is the sample's real port conflict."""
+    without error, and the alerts pending are the sample's real port conflict and the webhook's
+    three: its scheduler Lease is stale, a host-port pod went unrouted, the guard refused."""
+    scraped = webhook_traffic
 
     def recorded() -> list[dict[str, Any]]:
         post_filter(scraped.extender)
@@ -278,12 +417,36 @@ def test_prometheus_scrapes_the_extender_and_records_its_rates(scraped: Scraped)
     evaluated = {r["name"]: r for g in rules for r in g["rules"]}
     assert set(evaluated) == set(alert_names()) | set(recorded_names())
     assert all(r["health"] == "ok" for r in evaluated.values()), evaluated
-    # The sample has a real conflict on ip-10-0-1-15 (see the README's audit): that alert, and
-    # only it, is pending (its `for` is 10 minutes).
-    alerts = get_json(f"{scraped.prometheus}/api/v1/alerts")["data"]["alerts"]
-    assert [(a["labels"]["alertname"], a["labels"].get("node"), a["state"]) for a in alerts] == [
-        ("HostportNodePortConflict", "ip-10-0-1-15.ec2.internal", "pending")
+    (age,) = scraped.query("hostport_extender_webhook_scheduler_lease_age_seconds")
+    assert float(age["value"][1]) >= 600
+
+    # The sample has a real conflict on ip-10-0-1-15 (see the README's audit); the webhook's
+    # alerts are for its Lease (renewed 10 minutes ago), its unrouted admission and its refusal.
+    # All are pending: their `for` is minutes.
+    def pending() -> list[tuple[str, str, str]]:
+        alerts = get_json(f"{scraped.prometheus}/api/v1/alerts")["data"]["alerts"]
+        found = [
+            (
+                a["labels"]["alertname"],
+                a["labels"].get("node", a["labels"].get("pod", "")),
+                a["state"],
+            )
+            for a in alerts
+        ]
+        return sorted(found) if len(found) == 4 else []
+
+    assert until(pending) == [
+        ("HostportNodePortConflict", "ip-10-0-1-15.ec2.internal", "pending"),
+        ("HostportPodsAdmittedUnrouted", "", "pending"),
+        ("HostportPreemptionGuardRefusing", "", "pending"),
+        ("HostportSchedulerNotAlive", "webhook-e2e", "pending"),
     ]
+    (unrouted,) = [
+        a
+        for a in get_json(f"{scraped.prometheus}/api/v1/alerts")["data"]["alerts"]
+        if a["labels"]["alertname"] == "HostportPodsAdmittedUnrouted"
+    ]
+    assert unrouted["labels"]["decision"] == "scheduler-lease-stale"
 
 
 def dashboard_queries() -> list[str]:
@@ -305,16 +468,24 @@ def sample_names(text: str) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 
-def test_every_dashboard_query_runs_in_prometheus(scraped: Scraped) -> None:
-    """Prometheus accepts every panel's query; those on metrics the snapshot extender exports
-    return data."""
+def test_every_dashboard_query_runs_in_prometheus(webhook_traffic: Scraped) -> None:
+    """Prometheus accepts every panel's query; those on metrics the snapshot extender or the
+    webhook export return data."""
+    scraped = webhook_traffic
     post_filter(scraped.extender)
     with urllib.request.urlopen(f"{scraped.extender}/metrics", timeout=5) as response:
         exported = sample_names(response.read().decode())
-    # Two scrapes at least, so that rates have their two samples.
+    with urllib.request.urlopen(
+        f"{scraped.webhook}/metrics", timeout=5, context=scraped.tls
+    ) as response:
+        exported |= sample_names(response.read().decode())
+    assert "hostport_extender_webhook_scheduler_lease_age_seconds" in exported
+    # Two scrapes at least since the first filter call created its series, so that rates have
+    # their two samples (the webhook's counters have theirs: webhook_traffic).
     until(
         lambda: scraped.query(
-            'count_over_time(hostport_extender_index_nodes{pod="extender-e2e"}[1m]) >= 2'
+            "count_over_time(hostport_extender_request_duration_seconds_count"
+            '{pod="extender-e2e", verb="filter"}[1m]) >= 2'
         )
     )
     for expr in dashboard_queries():
@@ -356,9 +527,12 @@ async def test_dashboard_and_alerts_use_only_metrics_real_servers_export(
     live_api: tuple[FakeApiServer, Path], tmp_path: Path
 ) -> None:
     """Every hostport_extender_* name in the dashboard and the rules is a sample that a live
-    `serve` (after a watch restart), `serve --snapshot` or the `webhook` exported when scraped;
-    every recorded name a query reads is one a rule records."""
+    `serve` (after a watch restart), `serve --snapshot` or the `webhook` (after a routed
+    admission and a refused DELETE) exported when scraped; every recorded name a query reads is
+    one a rule records."""
     fake, kubeconfig = live_api
+    # A Lease renewed now: the webhook routes, and exports the Lease's age.
+    fake.put_lease(*LEASE, holder="hostport-aware-scheduler-7c9f_0b1e", renewed=datetime.now(UTC))
     (tmp_path / "webhook-pki").mkdir()
     pki = make_pki(tmp_path / "webhook-pki")
     exported: set[str] = set()
@@ -408,6 +582,7 @@ async def test_dashboard_and_alerts_use_only_metrics_real_servers_export(
             body = json.dumps(review(pod(host_port=80))).encode()
             hook = {"ssl": tls, "server_hostname": SERVICE_NAME}
             await post(webhook_url + "/mutate", body, **hook)
+            await post(webhook_url + "/validate", json.dumps(PROTECTED_DELETE).encode(), **hook)
             exported |= sample_names(await scrape(webhook_url, **hook))
     finally:
         for process in (live, snapshot, webhook):
@@ -427,3 +602,51 @@ async def eventually_async(condition: Callable[[], Awaitable[bool]]) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("condition not reached within 20 s")
+
+
+def shape(groups: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Groups as (name, [(rule name, expression with its whitespace collapsed)])."""
+    return [
+        (
+            g["name"],
+            [(r.get("alert", r.get("record")), " ".join(r["expr"].split())) for r in g["rules"]],
+        )
+        for g in groups
+    ]
+
+
+def test_the_kubeadm_component_drops_only_the_routing_alerts(tmp_path: Path) -> None:
+    """config/monitoring with the kubeadm component (whose webhook never routes) renders without
+    the routing group, whose alerts read the routing metrics, and keeps every other rule; promtool
+    accepts what is left."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl is needed to render the kustomize trees"
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    monitoring = os.path.relpath(MONITORING, overlay)  # kustomize refuses absolute roots
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n- {monitoring}\ncomponents:\n- {monitoring}/kubeadm\n"
+    )
+    result = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (rule,) = [o for o in yaml.safe_load_all(result.stdout) if o and o["kind"] == "PrometheusRule"]
+    groups = rule["spec"]["groups"]
+    (routing,) = [g for g in rule_groups() if g["name"] == ROUTING_GROUP]
+    dropped = {r["alert"] for r in routing["rules"]}
+    assert dropped == {"HostportSchedulerNotAlive", "HostportPodsAdmittedUnrouted"}
+    assert shape([g for g in rule_groups() if g["name"] != ROUTING_GROUP]) == shape(groups)
+    assert all(
+        "webhook_scheduler_alive" in r["expr"] or "admission_reviews" in r["expr"]
+        for r in routing["rules"]
+    )
+    assert "HostportPreemptionGuardRefusing" in {r.get("alert") for g in groups for r in g["rules"]}
+    write_rules(tmp_path, groups)
+    checked = promtool("check", "rules", RULES_NAME, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
