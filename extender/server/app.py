@@ -84,7 +84,9 @@ def create_app(
 
     With `metrics`, requests are timed, rejections counted and GET /metrics served.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[json_errors, identity_only]
+    )
     app[CLUSTER] = cluster
     app[SETTINGS] = settings
     app[BINDER] = binder
@@ -142,6 +144,28 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception as error:  # the last line of defence: log it, answer plainly
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error(f"internal error ({type(error).__name__}); see the extender's log", 500)
+
+
+IDENTITY = "identity"
+
+
+@web.middleware
+async def identity_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a body that declares a Content-Encoding (415) before any of it is read.
+
+    The kube-scheduler never compresses; decompressing would let a 255 KB gzip bomb expand to
+    hundreds of megabytes before the body limit is checked. The server runs with
+    `auto_decompress=False` (see `connections.server_options`), so nothing is inflated either.
+    """
+    declared = request.headers.getall("Content-Encoding", [])
+    codings = [c.strip().lower() for value in declared for c in value.split(",") if c.strip()]
+    if any(coding != IDENTITY for coding in codings):
+        shown = ", ".join(declared)[:64]
+        return _error(
+            f"Content-Encoding {shown!r} is not accepted: send the body uncompressed (identity)",
+            415,
+        )
+    return await handler(request)
 
 
 def _error(message: str, status: int) -> web.Response:
