@@ -293,4 +293,5 @@ async def handle_unknown(request: web.Request) -> web.Response:
     verb = request.match_info.get("verb", "")
     if verb in VERBS or verb in ("healthz", "readyz"):
         return _error(f"method {request.method} not allowed on /{verb}", 405)
-    return _error(f"unknown verb {verb!r}: this extender serves {', '.join(VERBS)}", 404)
+    shown = verb if len(verb) <= 64 else f"{verb[:64]}..."  # a 4 KB path stays a short line
+    return _error(f"unknown verb {shown!r}: this extender serves {', '.join(VERBS)}", 404)
