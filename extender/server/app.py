@@ -85,7 +85,8 @@ def create_app(
     With `metrics`, requests are timed, rejections counted and GET /metrics served.
     """
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[json_errors, identity_only]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[json_errors, identity_only, bounded_body],
     )
     app[CLUSTER] = cluster
     app[SETTINGS] = settings
@@ -165,6 +166,31 @@ async def identity_only(request: web.Request, handler: Handler) -> web.StreamRes
             f"Content-Encoding {shown!r} is not accepted: send the body uncompressed (identity)",
             415,
         )
+    return await handler(request)
+
+
+@web.middleware
+async def bounded_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read a request's body within `body_timeout_seconds` of its headers, else answer 408.
+
+    The handlers' own `request.read()` then returns the bytes read here. A client that stops
+    sending mid-body is answered and its connection closed instead of held open for good.
+    """
+    if request.can_read_body:
+        seconds = request.app[SETTINGS].body_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                await request.read()
+        except TimeoutError:
+            log.debug(
+                "request body of %s %s not received within %g s",
+                request.method,
+                request.path,
+                seconds,
+            )
+            response = _error(f"request body not received within {seconds:g} s", 408)
+            response.force_close()
+            return response
     return await handler(request)
 
 

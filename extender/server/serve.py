@@ -21,7 +21,7 @@ from extender.kube.snapshot import load_objects
 from extender.server import tls
 from extender.server.app import create_app
 from extender.server.binding import SnapshotBinder
-from extender.server.connections import server_options
+from extender.server.connections import GuardedAppRunner
 from extender.server.metrics import new_metrics
 from extender.server.ops import create_ops_app
 from extender.server.readiness import AlwaysReady, Readiness
@@ -179,7 +179,7 @@ async def serve_app(
     ops: tuple[web.Application, str, int] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly; `ops` is a second (app, host, port)."""
-    runner = web.AppRunner(app, **server_options(settings))
+    runner = GuardedAppRunner(app, settings)
     await runner.setup()
     site = web.TCPSite(
         runner,
