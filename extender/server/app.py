@@ -181,6 +181,19 @@ async def bounded_body(request: web.Request, handler: Handler) -> web.StreamResp
         try:
             async with asyncio.timeout(seconds):
                 await request.read()
+        except ConnectionError:
+            # The client hung up mid-body: routine (a scheduler timing out, a probe), one line.
+            log.debug(
+                "client %s went away mid-body of %s %s",
+                request.remote,
+                request.method,
+                request.path,
+            )
+            response = _error("client went away before sending the whole body", 400)
+            response.force_close()
+            return response  # nobody reads it; returning keeps aiohttp from logging an error
+        except web.RequestPayloadError as error:
+            raise WireError(f"malformed request body: {error}") from error
         except TimeoutError:
             log.debug(
                 "request body of %s %s not received within %g s",

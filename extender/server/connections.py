@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from extender.server.wire import encode_error
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,28 @@ class GuardedRequestHandler(web.RequestHandler):
         log.debug("closing an idle connection from %s: %s", self.client, why)
         self.closing = True
         self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse (bad head, bad chunk size, too long a line) gets a
+        one-line JSON Error, as every other error does, and one log line, no traceback."""
+        if request.writer.output_size > 0:  # as aiohttp: the answer has begun, cut the line
+            raise ConnectionError("response already started, cannot send the error")
+        text = " ".join((message or str(exc or "") or f"HTTP {status}").split())[:200]
+        if status >= 500:
+            log.error("error handling a request from %s: %s", request.remote, text)
+        else:
+            log.debug("malformed request from %s: %s", request.remote, text)
+        response = web.Response(
+            body=encode_error(text), status=status, content_type="application/json"
+        )
+        response.force_close()
+        return response
 
     def _arm(self) -> None:
         self._disarm()
