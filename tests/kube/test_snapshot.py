@@ -95,12 +95,12 @@ def test_junk_files_stop_serve_with_exit_2_and_one_line(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(content)
         running.append((str(path), message, start_command("serve", "--snapshot", str(path))))
-    for path, message, process in running:
+    for shown, message, process in running:
         out, err = process.communicate(timeout=60)
-        assert process.returncode == 2, (path, err)
+        assert process.returncode == 2, (shown, err)
         assert out == ""
         assert err.count("\n") == 1, err
-        assert err.startswith(f"hostport-extender: error: {path}: "), err
+        assert err.startswith(f"hostport-extender: error: {shown}: "), err
         assert message in err
         assert "Traceback" not in err
 
@@ -141,7 +141,7 @@ MALFORMED: list[tuple[object, str]] = [
 
 
 def malformed_list() -> bytes:
-    items = [POD, NODE, {"kind": "ConfigMap", "metadata": {"name": "c"}}]
+    items: list[object] = [POD, NODE, {"kind": "ConfigMap", "metadata": {"name": "c"}}]
     items += [raw for raw, _ in MALFORMED]
     return orjson.dumps({"kind": "List", "items": items})
 
