@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -36,22 +36,139 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 _LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\n\r]*")
 _SCAN = json.JSONDecoder().raw_decode
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser when PyYAML was built with it (the Debian and PyPI wheels are)."""
 
 
 class _AliasError(yaml.YAMLError):
-    def __init__(self, mark: yaml.Mark | None) -> None:
+    def __init__(self, mark: Any) -> None:
         super().__init__("YAML aliases are not accepted")
         self.problem_mark = mark
 
 
-class _SnapshotLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """libyaml's safe loader, refusing aliases: kubectl never writes them, and each one may
-    stand for an arbitrarily large subtree (the "billion laughs")."""
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        if node in self.constructed_objects or node in self.recursive_objects:
-            raise _AliasError(node.start_mark)
-        return super().construct_object(node, deep)
+
+class _YamlEvents:
+    """Plain YAML values built straight from the parser's events, a List's items one by one.
+
+    Not `yaml.load_all`: that builds a whole document (a `kubectl get -o yaml` dump is one
+    document: 264 MB of YAML grew past 5 GB) and expands aliases (each may stand for an
+    arbitrarily large subtree, the "billion laughs"); kubectl never writes aliases, so one is an
+    error here. Scalars are resolved and constructed by the safe loader's own tables; any tag
+    outside them (`!!python/object`...) is refused as `yaml.safe_load` would.
+    """
+
+    def __init__(self, data: str | BinaryIO) -> None:
+        self.loader = _BaseLoader(data)
+        self.document = 0
+        # The stubs leave the parser untyped; events are read through these two.
+        self._get: Callable[[], Any] = self.loader.get_event
+        self._resolve: Callable[[type[yaml.Node], str, tuple[bool, bool]], str] = (
+            self.loader.resolve
+        )
+
+    def objects(self, path: Path) -> Iterator[tuple[str, Any]]:
+        get = self._get
+        get()  # StreamStartEvent
+        while not isinstance(event := get(), yaml.StreamEndEvent):  # DocumentStartEvent
+            self.document += 1
+            where = f"document {self.document}"
+            event = get()
+            if isinstance(event, yaml.MappingStartEvent):
+                self._check_tag(event, _MAP)
+                yield from self._document_mapping(path, where)
+            elif isinstance(event, yaml.SequenceStartEvent):
+                self._check_tag(event, _SEQ)
+                index = 0
+                while not isinstance(event := get(), yaml.SequenceEndEvent):
+                    yield from _flatten(self._value(event), f"{where}[{index}]", path)
+                    index += 1
+            else:
+                value = self._value(event)
+                if value is not None:
+                    raise SnapshotError(
+                        f"{path}: {where}: expected Kubernetes objects, found "
+                        f"{json_type_name(value)}"
+                    )
+            get()  # DocumentEndEvent
+
+    def _document_mapping(self, path: Path, where: str) -> Iterator[tuple[str, Any]]:
+        """A document that is a mapping: a List's items as they come, else the one object."""
+        get = self._get
+        members: dict[Any, Any] = {}
+        streamed = False
+        while not isinstance(event := get(), yaml.MappingEndEvent):
+            key = self._key(event)
+            value_event = get()
+            if key == "items" and isinstance(value_event, yaml.SequenceStartEvent):
+                self._check_tag(value_event, _SEQ)
+                streamed = True
+                index = 0
+                while not isinstance(event := get(), yaml.SequenceEndEvent):
+                    yield from _flatten(self._value(event), f"{where}, items[{index}]", path)
+                    index += 1
+            else:
+                members[key] = self._value(value_event)
+        if not streamed:
+            yield from _flatten(members, where, path)
+
+    def _value(self, event: Any) -> Any:
+        get = self._get
+        if isinstance(event, yaml.ScalarEvent):
+            return self._scalar(event)
+        if isinstance(event, yaml.MappingStartEvent):
+            self._check_tag(event, _MAP)
+            members: dict[Any, Any] = {}
+            while not isinstance(key_event := get(), yaml.MappingEndEvent):
+                key = self._key(key_event)
+                members[key] = self._value(get())
+            return members
+        if isinstance(event, yaml.SequenceStartEvent):
+            self._check_tag(event, _SEQ)
+            items: list[Any] = []
+            while not isinstance(item_event := get(), yaml.SequenceEndEvent):
+                items.append(self._value(item_event))
+            return items
+        if isinstance(event, yaml.AliasEvent):
+            raise _AliasError(event.start_mark)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"unexpected {type(event).__name__}", event.start_mark
+        )
+
+    def _key(self, event: Any) -> Any:
+        key = self._value(event)
+        if isinstance(key, dict | list):
+            raise yaml.constructor.ConstructorError(
+                None, None, "found unhashable key", event.start_mark
+            )
+        return key
+
+    def _scalar(self, event: Any) -> Any:
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self._resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == _STR:
+            return event.value
+        constructor = self.loader.yaml_constructors.get(tag)
+        if constructor is None or tag in (_SEQ, _MAP):
+            raise self._undefined(tag, event)
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        return constructor(self.loader, node)
+
+    def _check_tag(self, event: Any, default: str) -> None:
+        if event.tag not in (None, "!", default):
+            raise self._undefined(event.tag, event)
+
+    @staticmethod
+    def _undefined(tag: str | None, event: Any) -> yaml.YAMLError:
+        return yaml.constructor.ConstructorError(
+            None, None, f"could not determine a constructor for the tag {tag!r}", event.start_mark
+        )
+
+    def dispose(self) -> None:
+        self.loader.dispose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +286,13 @@ def _objects_in(path: Path) -> Iterator[tuple[str, Any]]:
             raise SnapshotError(f"{path}: nested too deeply to be Kubernetes objects") from error
         yield from _yaml_objects(path, text)
     else:
-        yield from _yaml_objects(path, data)
+        del data  # libyaml reads the file in chunks itself: no copy of it stays in memory
+        try:
+            stream = path.open("rb")
+        except OSError as error:
+            raise SnapshotError(f"cannot read snapshot {path}: {error.strerror}") from error
+        with stream:
+            yield from _yaml_objects(path, stream)
 
 
 def _might_be_yaml(text: str) -> bool:
@@ -251,46 +374,40 @@ def _json_object(text: str, position: int) -> _Scan:
     return position + 1
 
 
-def _yaml_objects(path: Path, data: str | bytes) -> Iterator[tuple[str, Any]]:
-    documents = yaml.load_all(data, Loader=_SnapshotLoader)
-    number = 0
-    while True:
-        number += 1
-        try:
-            document = next(documents)
-        except StopIteration:
-            return
-        except _AliasError as error:
-            raise SnapshotError(
-                f"{path}: document {number}: YAML aliases (*name) are not accepted (one repeats "
-                f"the node at{_at(error.problem_mark).removeprefix(',')}): kubectl never writes "
-                "them, and each can expand without bound"
-            ) from error
-        except yaml.MarkedYAMLError as error:
-            problem = error.problem or error.context or "cannot be parsed"
-            raise SnapshotError(
-                f"{path}: document {number}{_at(error.problem_mark)}: {_one_line(problem)}"
-            ) from error
-        except yaml.reader.ReaderError as error:
-            raise SnapshotError(
-                f"{path}: not YAML text: byte {error.position}: {_one_line(error.reason)}"
-            ) from error
-        except yaml.YAMLError as error:
-            raise SnapshotError(f"{path}: document {number}: {_one_line(str(error))}") from error
-        except RecursionError as error:
-            raise SnapshotError(
-                f"{path}: document {number}: nested too deeply to be Kubernetes objects"
-            ) from error
-        except (ValueError, TypeError, OverflowError) as error:  # e.g. !!timestamp 2026-13-45
-            raise SnapshotError(f"{path}: document {number}: {_one_line(str(error))}") from error
-        if document is None:
-            continue
-        if not isinstance(document, dict | list):
-            raise SnapshotError(
-                f"{path}: document {number}: expected Kubernetes objects, "
-                f"found {json_type_name(document)}"
-            )
-        yield from _flatten(document, f"document {number}", path)
+def _yaml_objects(path: Path, data: str | BinaryIO) -> Iterator[tuple[str, Any]]:
+    events = _YamlEvents(data)
+    try:
+        yield from events.objects(path)
+    except _AliasError as error:
+        raise SnapshotError(
+            f"{path}: document {events.document}: YAML aliases (*name) are not accepted (one "
+            f"at{_at(error.problem_mark).removeprefix(',')}): kubectl never writes them, and "
+            "each can expand without bound"
+        ) from error
+    except yaml.MarkedYAMLError as error:
+        problem = error.problem or error.context or "cannot be parsed"
+        raise SnapshotError(
+            f"{path}: document {max(events.document, 1)}{_at(error.problem_mark)}: "
+            f"{_one_line(problem)}"
+        ) from error
+    except yaml.reader.ReaderError as error:
+        raise SnapshotError(
+            f"{path}: not YAML text: byte {error.position}: {_one_line(error.reason)}"
+        ) from error
+    except yaml.YAMLError as error:
+        raise SnapshotError(
+            f"{path}: document {events.document}: {_one_line(str(error))}"
+        ) from error
+    except RecursionError as error:
+        raise SnapshotError(
+            f"{path}: document {events.document}: nested too deeply to be Kubernetes objects"
+        ) from error
+    except (ValueError, TypeError, OverflowError) as error:  # e.g. !!timestamp 2026-13-45
+        raise SnapshotError(
+            f"{path}: document {events.document}: {_one_line(str(error))}"
+        ) from error
+    finally:
+        events.dispose()
 
 
 def _at(mark: yaml.Mark | None) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
 from extender.errors import SnapshotError
 from extender.kube.snapshot import MAX_WARNINGS, load_objects
@@ -26,8 +27,7 @@ FATAL: list[tuple[str, bytes, str]] = [
     (
         "bomb.yaml",
         ALIAS_BOMB.encode(),
-        "document 1: YAML aliases (*name) are not accepted "
-        "(one repeats the node at line 1, column 4)",
+        "document 1: YAML aliases (*name) are not accepted (one at line 2, column 8)",
     ),
     ("latin1.yaml", b"kind: Pod\nmetadata: {name: caf\xe9}\n", "not YAML text: byte 31"),
     (
@@ -39,7 +39,7 @@ FATAL: list[tuple[str, bytes, str]] = [
     (
         "deep.yaml",
         b"a:\n" + b"".join(b" " * i + b"- \n" for i in range(1, 3000)),
-        "document 1, line 1000",
+        "document 1: nested too deeply",
     ),
     (
         "binary.yaml",
@@ -214,3 +214,30 @@ def test_serve_warns_skips_and_summarises(tmp_path: Path) -> None:
         for line in lines
     ), err
     assert "Traceback" not in err
+
+
+def test_yaml_values_are_those_of_safe_load(tmp_path: Path) -> None:
+    """Objects read from YAML events equal what `yaml.safe_load` builds: the sample cluster and
+    scalars of every implicit type, quoted and tagged."""
+    sample = Path(__file__).resolve().parents[2] / "config" / "samples" / "cluster.yaml"
+    expected = [
+        item
+        for document in yaml.safe_load_all(sample.read_text())
+        if document
+        for item in document.get("items", [document])
+    ]
+    loaded = load_objects([sample])
+    assert [*loaded.nodes, *loaded.pods] == [
+        *(raw for raw in expected if raw.get("kind") == "Node"),
+        *(raw for raw in expected if raw.get("kind") == "Pod"),
+    ]
+    scalars = (
+        "kind: Pod\nmetadata:\n  name: p\n  annotations: {a: '1', b: \"yes\", c: !!str 3}\n"
+        "spec:\n  containers: []\n  x: [1, -2, 0x1f, 0o17, 1.5, .inf, ~, null, true, no, yes,\n"
+        "      2026-11-01, 2026-11-01T00:00:00Z, !!binary aGk=, !!float '2', 'quoted',\n"
+        "      plain text]\n"
+        "  ? complex\n  : key\n"
+    )
+    path = tmp_path / "scalars.yaml"
+    path.write_text(scalars)
+    assert load_objects([path]).pods == [yaml.safe_load(scalars)]
