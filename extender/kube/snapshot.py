@@ -256,43 +256,43 @@ def load_into(paths: Sequence[Path | str], nodes: ObjectSink, pods: ObjectSink) 
 def _objects_in(path: Path) -> Iterator[tuple[str, Any]]:
     """(where in the file, object) for every object of `path`, Lists flattened."""
     try:
-        data = path.read_bytes()
+        stream = path.open("rb")
     except OSError as error:
         raise SnapshotError(f"cannot read snapshot {path}: {error.strerror or error}") from error
-    leading = _LEADING_SPACE.match(data)
-    start = leading.end() if leading else 0
-    del leading  # a match holds on to the whole file
-    if data[start : start + 1] in (b"{", b"["):
+    with stream:
         try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            raise SnapshotError(
-                f"{path}: not UTF-8 text: byte {error.start} is {data[error.start]:#04x}"
-            ) from error
-        del data  # the text alone from here: one copy of the file, not two
-        yielded = False
-        try:
-            for where, value in _json_values(text):
-                yielded = True
-                yield from _flatten(value, where, path)
-            return
-        except json.JSONDecodeError as error:
-            if yielded or not _might_be_yaml(text):
-                raise SnapshotError(
-                    f"{path}: not valid JSON: line {error.lineno}, column {error.colno}: "
-                    f"{error.msg}"
-                ) from error
-        except RecursionError as error:
-            raise SnapshotError(f"{path}: nested too deeply to be Kubernetes objects") from error
-        yield from _yaml_objects(path, text)
-    else:
-        del data  # libyaml reads the file in chunks itself: no copy of it stays in memory
-        try:
-            stream = path.open("rb")
+            head = stream.read(4096)
+            leading = _LEADING_SPACE.match(head)
+            start = leading.end() if leading else 0
+            if head[start : start + 1] not in (b"{", b"["):
+                stream.seek(0)  # YAML: libyaml reads the file in chunks, no copy stays around
+                yield from _yaml_objects(path, stream)
+                return
+            stream.seek(0)
+            data = stream.read()
         except OSError as error:
             raise SnapshotError(f"cannot read snapshot {path}: {error.strerror}") from error
-        with stream:
-            yield from _yaml_objects(path, stream)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SnapshotError(
+            f"{path}: not UTF-8 text: byte {error.start} is {data[error.start]:#04x}"
+        ) from error
+    del data  # the text alone from here: one copy of the file, not two
+    yielded = False
+    try:
+        for where, value in _json_values(text):
+            yielded = True
+            yield from _flatten(value, where, path)
+        return
+    except json.JSONDecodeError as error:
+        if yielded or not _might_be_yaml(text):
+            raise SnapshotError(
+                f"{path}: not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"
+            ) from error
+    except RecursionError as error:
+        raise SnapshotError(f"{path}: nested too deeply to be Kubernetes objects") from error
+    yield from _yaml_objects(path, text)
 
 
 def _might_be_yaml(text: str) -> bool:

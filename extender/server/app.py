@@ -174,9 +174,10 @@ async def bounded_body(request: web.Request, handler: Handler) -> web.StreamResp
     """Read a request's body within `body_timeout_seconds` of its headers, else answer 408.
 
     The handlers' own `request.read()` then returns the bytes read here. A client that stops
-    sending mid-body is answered and its connection closed instead of held open for good.
+    sending mid-body is answered and its connection closed instead of held open for good. A body
+    that came whole with its head (the scheduler's, nearly always) costs no timer.
     """
-    if request.can_read_body:
+    if request.can_read_body and not request.content.is_eof():
         seconds = request.app[SETTINGS].body_timeout_seconds
         try:
             async with asyncio.timeout(seconds):
