@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 MAX_WARNINGS = 100
 """Malformed objects warned about one by one; past this, one line counts the rest."""
+MAX_DEPTH = 100
+"""Deepest YAML nesting read; Kubernetes objects nest about 10 levels (libyaml stops at 1000,
+Python's recursion limit may come first: this bound makes the error the same every time)."""
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 _LEADING_SPACE = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\n\r]*")
@@ -114,22 +117,27 @@ class _YamlEvents:
         if not streamed:
             yield from _flatten(members, where, path)
 
-    def _value(self, event: Any) -> Any:
+    def _value(self, event: Any, depth: int = 0) -> Any:
         get = self._get
         if isinstance(event, yaml.ScalarEvent):
             return self._scalar(event)
+        if depth >= MAX_DEPTH and isinstance(event, yaml.CollectionStartEvent):
+            mark: Any = event.start_mark  # the stubs' Mark is not libyaml's
+            raise yaml.constructor.ConstructorError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+            )
         if isinstance(event, yaml.MappingStartEvent):
             self._check_tag(event, _MAP)
             members: dict[Any, Any] = {}
             while not isinstance(key_event := get(), yaml.MappingEndEvent):
                 key = self._key(key_event)
-                members[key] = self._value(get())
+                members[key] = self._value(get(), depth + 1)
             return members
         if isinstance(event, yaml.SequenceStartEvent):
             self._check_tag(event, _SEQ)
             items: list[Any] = []
             while not isinstance(item_event := get(), yaml.SequenceEndEvent):
-                items.append(self._value(item_event))
+                items.append(self._value(item_event, depth + 1))
             return items
         if isinstance(event, yaml.AliasEvent):
             raise _AliasError(event.start_mark)

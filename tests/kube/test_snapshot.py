@@ -39,7 +39,7 @@ FATAL: list[tuple[str, bytes, str]] = [
     (
         "deep.yaml",
         b"a:\n" + b"".join(b" " * i + b"- \n" for i in range(1, 3000)),
-        "document 1: nested too deeply",
+        "document 1, line 102, column 102: nested more than 100 levels deep",
     ),
     (
         "binary.yaml",
