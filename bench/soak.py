@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class Tally:
     calls: int = 0
     failed: list[str] = field(default_factory=list)
     error_answers: int = 0
+    error_texts: Counter[str] = field(default_factory=Counter)
+    error_times: list[float] = field(default_factory=list)
     filter_ms: list[float] = field(default_factory=list)
     events: int = 0
     faults: list[str] = field(default_factory=list)
@@ -157,8 +160,10 @@ async def load_forever(base: str, bodies: list[bytes], tally: Tally) -> None:
                         tally.filter_ms.append((time.perf_counter() - started) * 1000)
                     if status != 200:
                         tally.failed.append(f"{verb}: HTTP {status}: {answer[:200]!r}")
-                    elif verb == "filter" and orjson.loads(answer).get("Error"):
+                    elif verb == "filter" and (error := orjson.loads(answer).get("Error")):
                         tally.error_answers += 1
+                        tally.error_texts[re.sub(r"\d+(\.\d+)?", "N", error)[:160]] += 1
+                        tally.error_times.append(time.monotonic())
                 await asyncio.sleep(0.005)
 
 
@@ -289,6 +294,11 @@ async def soak(args: argparse.Namespace) -> int:
     )
     for failure in tally.failed[:10]:
         print(f"  failed: {failure}")
+    if tally.error_times:
+        first, last = tally.error_times[0] - started, tally.error_times[-1] - started
+        print(f"  Error answers between {first:.0f} s and {last:.0f} s of the run:")
+        for text, count in tally.error_texts.most_common(5):
+            print(f"    {count} x {text}")
     errors = [line for line in err.splitlines() if "Traceback" in line or " ERROR " in line]
     if errors:
         print(f"  extender stderr: {len(errors)} error lines, first: {errors[0]}")
