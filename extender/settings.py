@@ -47,6 +47,19 @@ class Settings:
     """How long a UDP owner change (hostPort <-> hostNetwork) lowers a node's score."""
     staleness_seconds: float = 60.0
     """Live mode: how long a watch may stay broken before the extender stops being ready."""
+    header_timeout_seconds: float = 10.0
+    """How long a connection may take to send a request's headers, from connecting or from its
+    first byte after an idle keep-alive wait; then it is closed (slowloris)."""
+    body_timeout_seconds: float = 15.0
+    """How long a request's body may take to arrive once its headers are in: then 408."""
+    keepalive_timeout_seconds: float = 120.0
+    """How long an idle keep-alive connection stays open. Longer than Go's 90 s idle timeout,
+    so the scheduler's client always closes its idle connection first (no request is ever sent
+    on a connection the server is closing)."""
+    max_idle_connections_per_client: int = 32
+    """Idle keep-alive connections kept per client address; the longest idle are closed first."""
+    max_connections: int = 512
+    """Open connections at most; an idle one is closed to make room, else the new one is."""
 
     def __post_init__(self) -> None:
         for name in ("cluster_reserved_ports", "protected_ports"):
@@ -68,6 +81,12 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must not be negative")
+        for name in ("header_timeout_seconds", "body_timeout_seconds", "keepalive_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be positive")
+        for name in ("max_idle_connections_per_client", "max_connections"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be a whole number of at least 1")
 
     @classmethod
     def from_sources(cls, file: Path | None, overrides: Mapping[str, Any]) -> Settings:

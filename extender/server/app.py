@@ -84,7 +84,10 @@ def create_app(
 
     With `metrics`, requests are timed, rejections counted and GET /metrics served.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[json_errors, identity_only, bounded_body],
+    )
     app[CLUSTER] = cluster
     app[SETTINGS] = settings
     app[BINDER] = binder
@@ -142,6 +145,67 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception as error:  # the last line of defence: log it, answer plainly
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error(f"internal error ({type(error).__name__}); see the extender's log", 500)
+
+
+IDENTITY = "identity"
+
+
+@web.middleware
+async def identity_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a body that declares a Content-Encoding (415) before any of it is read.
+
+    The kube-scheduler never compresses; decompressing would let a 255 KB gzip bomb expand to
+    hundreds of megabytes before the body limit is checked. The server runs with
+    `auto_decompress=False` (see `connections.server_options`), so nothing is inflated either.
+    """
+    declared = request.headers.getall("Content-Encoding", [])
+    codings = [c.strip().lower() for value in declared for c in value.split(",") if c.strip()]
+    if any(coding != IDENTITY for coding in codings):
+        shown = ", ".join(declared)[:64]
+        return _error(
+            f"Content-Encoding {shown!r} is not accepted: send the body uncompressed (identity)",
+            415,
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def bounded_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read a request's body within `body_timeout_seconds` of its headers, else answer 408.
+
+    The handlers' own `request.read()` then returns the bytes read here. A client that stops
+    sending mid-body is answered and its connection closed instead of held open for good. A body
+    that came whole with its head (the scheduler's, nearly always) costs no timer.
+    """
+    if request.can_read_body and not request.content.is_eof():
+        seconds = request.app[SETTINGS].body_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                await request.read()
+        except ConnectionError:
+            # The client hung up mid-body: routine (a scheduler timing out, a probe), one line.
+            log.debug(
+                "client %s went away mid-body of %s %s",
+                request.remote,
+                request.method,
+                request.path,
+            )
+            response = _error("client went away before sending the whole body", 400)
+            response.force_close()
+            return response  # nobody reads it; returning keeps aiohttp from logging an error
+        except web.RequestPayloadError as error:
+            raise WireError(f"malformed request body: {error}") from error
+        except TimeoutError:
+            log.debug(
+                "request body of %s %s not received within %g s",
+                request.method,
+                request.path,
+                seconds,
+            )
+            response = _error(f"request body not received within {seconds:g} s", 408)
+            response.force_close()
+            return response
+    return await handler(request)
 
 
 def _error(message: str, status: int) -> web.Response:
@@ -269,4 +333,5 @@ async def handle_unknown(request: web.Request) -> web.Response:
     verb = request.match_info.get("verb", "")
     if verb in VERBS or verb in ("healthz", "readyz"):
         return _error(f"method {request.method} not allowed on /{verb}", 405)
-    return _error(f"unknown verb {verb!r}: this extender serves {', '.join(VERBS)}", 404)
+    shown = verb if len(verb) <= 64 else f"{verb[:64]}..."  # a 4 KB path stays a short line
+    return _error(f"unknown verb {shown!r}: this extender serves {', '.join(VERBS)}", 404)

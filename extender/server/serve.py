@@ -17,10 +17,11 @@ from extender import logs
 from extender.core.cluster import Cluster
 from extender.errors import ExtenderError
 from extender.heap import loading
-from extender.kube.snapshot import load_objects
+from extender.kube.snapshot import load_into
 from extender.server import tls
 from extender.server.app import create_app
 from extender.server.binding import SnapshotBinder
+from extender.server.connections import GuardedAppRunner
 from extender.server.metrics import new_metrics
 from extender.server.ops import create_ops_app
 from extender.server.readiness import AlwaysReady, Readiness
@@ -152,17 +153,16 @@ def run(args: argparse.Namespace) -> int:
 def load_snapshot_cluster(settings: Settings, paths: list[Path]) -> tuple[Cluster, str]:
     """The cluster of the snapshot files, and a one-line summary for the banner.
 
-    The decoded objects die when this returns: a 50,000-pod dump is over a gigabyte of dicts,
-    of which the index keeps only the few fields it needs.
+    Each object is indexed as it is decoded and then dropped: a 50,000-pod dump decoded whole
+    is over a gigabyte of dicts, of which the index keeps only the few fields it needs.
     """
     cluster = Cluster(settings)
     with loading():
-        objects = load_objects(paths)
-        cluster.nodes.replace(objects.nodes)
-        cluster.pods.replace(objects.pods)
+        loaded = load_into(paths, cluster.nodes, cluster.pods)
         cluster.settle()
+    log.info("%s", loaded.line())
     summary = (
-        f"{len(objects.nodes)} nodes, {len(objects.pods)} pods "
+        f"{loaded.nodes} nodes, {loaded.pods} pods "
         f"({len(cluster.pods_by_uid)} with host-level ports) from " + ", ".join(map(str, paths))
     )
     return cluster, summary
@@ -178,7 +178,7 @@ async def serve_app(
     ops: tuple[web.Application, str, int] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly; `ops` is a second (app, host, port)."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = GuardedAppRunner(app, settings)
     await runner.setup()
     site = web.TCPSite(
         runner,
