@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ from extender.settings import Settings
 log = logging.getLogger(__name__)
 
 SAMPLE_REQUEST = Path("config/samples/filter-pod-identity-agent.json")
+
+LISTEN_FIELDS = ("listen_host", "listen_port")
+"""The settings that `--listen HOST:PORT` gives together."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -93,9 +97,27 @@ def add_parser(subparsers: Any) -> None:
         help="also serve /healthz, /readyz and /metrics (never the verbs) here, for kubelet "
         "probes and Prometheus on the pod IP, e.g. 0.0.0.0:9090",
     )
+    _add_setting_flags(parser)
     tls.add_arguments(parser)
     logs.add_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for every setting that has none above (`--in-flight-ttl-seconds`...), so every
+    YAML key of the settings file can also be given on the command line, as the README says."""
+    taken = set(parser._option_string_actions)  # argparse keeps no public list of its flags
+    for setting in fields(Settings):
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.name in LISTEN_FIELDS or flag in taken:
+            continue
+        default = setting.default if setting.default is not MISSING else None
+        help_text = f"setting {setting.name} (default {default!r}; see the README's Settings)"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            kind = type(default) if isinstance(default, int | float) else str
+            parser.add_argument(flag, type=kind, metavar="VALUE", help=help_text)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -107,12 +129,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
-        "scheduler_name": args.scheduler_name,
-        "fail_open": args.fail_open,
-        "cluster_reserved_ports": args.cluster_reserved_ports,
-        "protected_ports": args.protected_ports,
-        "max_body_bytes": args.max_body_bytes,
-        "staleness_seconds": args.staleness_seconds,
+        setting.name: getattr(args, setting.name)
+        for setting in fields(Settings)
+        if setting.name not in LISTEN_FIELDS
     }
     if args.listen:
         overrides["listen_host"], overrides["listen_port"] = parse_listen(args.listen)

@@ -7,12 +7,15 @@ import re
 import signal
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from extender.cli import main
+from extender.cli import build_parser, main
 from extender.kube.snapshot import load_objects
+from extender.server.serve import settings_from_args
+from extender.settings import Settings
 from tests.conftest import REPO, start_command
 
 SAMPLE = REPO / "config" / "samples" / "cluster.yaml"
@@ -103,3 +106,31 @@ def test_snapshot_garbage_is_a_clear_error(tmp_path: Path) -> None:
     """A file that is not Kubernetes objects is named in the error."""
     (tmp_path / "bad.yaml").write_text("just a string\n")
     assert main(["serve", "--snapshot", str(tmp_path / "bad.yaml")]) == 2
+
+
+def test_every_setting_is_a_serve_flag(tmp_path: Path) -> None:
+    """Each settings key can be given as a `serve` flag too, and the flag wins over the file."""
+    changed = {
+        "max_body_bytes": 4096,
+        "scheduler_name": "hostport-aware-scheduler",
+        "fail_open": True,
+        "cluster_reserved_ports": "10250",
+        "protected_ports": "80",
+    }
+    argv = ["serve", "--listen", "127.0.0.1:9999"]
+    expected: dict[str, object] = {"listen_host": "127.0.0.1", "listen_port": 9999}
+    for setting in fields(Settings):
+        if setting.name in expected:
+            continue
+        value = changed.get(setting.name)
+        if value is None:
+            assert isinstance(setting.default, int | float), setting.name
+            value = setting.default * 2 + 1  # a number the defaults never hold
+        expected[setting.name] = value
+        flag = "--" + setting.name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    config = tmp_path / "settings.yaml"
+    config.write_text("in_flight_ttl_seconds: 1\nmax_connections: 7\n")
+    args = build_parser().parse_args([*argv, "--config", str(config)])
+    settings = settings_from_args(args)
+    assert {s.name: getattr(settings, s.name) for s in fields(Settings)} == expected
