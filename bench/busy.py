@@ -199,6 +199,7 @@ class RoundResult:
     prioritize_s: list[float] = field(default_factory=list)
     unschedulable: int = 0
     cpu_s: float = 0.0
+    fake_cpu_s: float = 0.0
     events: int = 0
 
     @property
@@ -274,8 +275,10 @@ def busy_rounds(
                     wait_idle(ours.process.pid)
                     events_before = fake.ask("stats")["events"]
                     cpu_before = cpu_seconds(ours.process.pid)
+                    fake_before = cpu_seconds(fake.process.pid)
                     got = scheduler.run(clients[name], names_json, plan.round_s)
                     got.cpu_s = cpu_seconds(ours.process.pid) - cpu_before
+                    got.fake_cpu_s = cpu_seconds(fake.process.pid) - fake_before
                     got.events = fake.ask("stats")["events"] - events_before
                     results[name].append(got)
             fake.ask("resume")
@@ -299,6 +302,9 @@ def busy_rounds(
                     "ours_cpu_ms_per_pod": statistics.median(
                         1000 * r.cpu_s / max(1, r.pods) for r in rounds
                     ),
+                    "fake_cpu_ms_per_pod": statistics.median(
+                        1000 * r.fake_cpu_s / max(1, r.pods) for r in rounds
+                    ),
                 }
                 lines.append(line)
             ours_line, null_line = lines[-2], lines[-1]
@@ -306,7 +312,13 @@ def busy_rounds(
                 f"  busy {size:>5} names: pods/s ours {ours_line['pods_per_s']:7.0f} "
                 f"null {null_line['pods_per_s']:7.0f} "
                 f"({ours_line['pods_per_s'] / null_line['pods_per_s']:.2f}x); filter p99 "
-                f"ours {ours_line['filter_p99_ms']:.2f} null {null_line['filter_p99_ms']:.2f} ms",
+                f"ours {ours_line['filter_p99_ms']:.2f} null {null_line['filter_p99_ms']:.2f} ms; "
+                f"filter p50 ours {ours_line['filter_p50_ms']:.2f} null "
+                f"{null_line['filter_p50_ms']:.2f}, prioritize p50 ours "
+                f"{ours_line['prioritize_p50_ms']:.2f} null {null_line['prioritize_p50_ms']:.2f}; "
+                f"CPU ms/pod ours {ours_line['ours_cpu_ms_per_pod']:.2f}, fake "
+                f"{ours_line['fake_cpu_ms_per_pod']:.2f} (null rounds: "
+                f"{null_line['fake_cpu_ms_per_pod']:.2f})",
                 flush=True,
             )
     finally:

@@ -187,6 +187,13 @@ def busy_targets(lines: Sequence[Line]) -> list[Target]:
     return found
 
 
+def _fake_cpu(line: Line) -> str:
+    """The fake API server's CPU per scheduled pod in a round ("-" in lines from before it was
+    recorded): what streaming our watch costs the API server's side of the machine."""
+    value = line.get("fake_cpu_ms_per_pod")
+    return "-" if value is None else f"{value:.2f}"
+
+
 def busy_markdown(lines: Sequence[Line]) -> list[str]:
     """The busy-cluster table: ours in live mode beside the null extender, per size."""
     ours, null = _busy(lines, OURS), _busy(lines, NULL)
@@ -202,8 +209,9 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
         "",
         "| names | ours pods/s | null pods/s | ratio | ours filter p50 / p99 ms "
         "| null filter p50 / p99 ms | ours prioritize p50 / p99 ms "
-        "| null prioritize p50 / p99 ms | watch events/s | ours CPU ms per pod |",
-        "|---:|---:|---:|---:|---|---|---|---|---:|---:|",
+        "| null prioritize p50 / p99 ms | watch events/s | ours CPU ms per pod "
+        "| fake API CPU ms per pod, our / null rounds |",
+        "|---:|---:|---:|---:|---|---|---|---|---:|---:|---|",
     ]
     for nodes, mine in sorted(ours.items()):
         base = null.get(nodes)
@@ -216,7 +224,8 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
             f"| {_ms(base['filter_p50_ms'])} / {_ms(base['filter_p99_ms'])} "
             f"| {_ms(mine['prioritize_p50_ms'])} / {_ms(mine['prioritize_p99_ms'])} "
             f"| {_ms(base['prioritize_p50_ms'])} / {_ms(base['prioritize_p99_ms'])} "
-            f"| {mine['events_per_s']:,.0f} | {mine['ours_cpu_ms_per_pod']:.2f} |"
+            f"| {mine['events_per_s']:,.0f} | {mine['ours_cpu_ms_per_pod']:.2f} "
+            f"| {_fake_cpu(mine)} / {_fake_cpu(base)} |"
         )
     for line in lines:
         if line.get("kind") == "busy-cpu":

@@ -143,6 +143,10 @@ class PortIndex:
         self._spread_scores: dict[str, int] = {}
         self._shared: set[tuple[str, int, str]] = set()
         """(protocol, port, node) of point-table entries holding claims of several owners."""
+        self._firsts: dict[int, tuple[NodeClaims, dict[str, Claim]]] = {}
+        """id(table) -> (table, node -> its first claim): a port held on every node (a
+        DaemonSet's) is answered by copying this instead of walking 5,000 scattered claim lists
+        per filter call. Built by a query, dropped by the table's next write."""
         self.cluster_reserved: tuple[Claim, ...] = tuple(cluster_reserved)
         self._clock = clock
         self._udp_window = udp_switch_window
@@ -208,6 +212,7 @@ class PortIndex:
         for port, table in zip(
             range(claim.first, claim.last + 1), self._tables_holding(claim), strict=False
         ):
+            self._firsts.pop(id(table), None)
             held = table.setdefault(node, [])
             # Until now `held` had one owner or was already shared: comparing with its first
             # claim keeps this O(1) however many claims one owner piles on one port.
@@ -227,6 +232,8 @@ class PortIndex:
                 ranges.add((claim.protocol, claim.first, claim.last))
         for point in points:
             nodes = self._points.get(point)
+            if nodes is not None:
+                self._firsts.pop(id(nodes), None)
             kept = _without_owner(nodes, node, owner)
             if kept is None or not _owned_by_several(kept):
                 self._shared.discard((point[0], point[1], node))
@@ -235,6 +242,8 @@ class PortIndex:
                 del self._points[point]
         for wide in ranges:
             nodes = self._ranges.get(wide)
+            if nodes is not None:
+                self._firsts.pop(id(nodes), None)
             _without_owner(nodes, node, owner)
             if nodes is not None and not nodes:
                 del self._ranges[wide]
@@ -338,7 +347,15 @@ class PortIndex:
                     _merge(found, dict.fromkeys(every, reserved))
                     break
             for nodes in self._tables_for(want):
-                _merge(found, _collisions(want, nodes, scope, ignore_owners, ignored_nodes))
+                collisions = _collisions(
+                    want,
+                    nodes,
+                    scope,
+                    ignore_owners,
+                    ignored_nodes,
+                    first_claims=self._first_claims,
+                )
+                _merge(found, collisions)
         return found
 
     def conflicts_on(
@@ -380,6 +397,15 @@ class PortIndex:
     def _by_node_claims(self, node: str) -> Iterator[Claim]:
         for held in self._by_node.get(node, {}).values():
             yield from held
+
+    def _first_claims(self, nodes: NodeClaims) -> dict[str, Claim]:
+        """node -> first claim of one table, as a fresh dict (the caller may change it)."""
+        cached = self._firsts.get(id(nodes))
+        if cached is not None and cached[0] is nodes:
+            return cached[1].copy()
+        firsts = {node: claims[0] for node, claims in nodes.items()}
+        self._firsts[id(nodes)] = (nodes, firsts)
+        return firsts.copy()
 
     def _tables_for(self, want: Claim) -> Iterator[NodeClaims]:
         span = want.last - want.first + 1
@@ -539,6 +565,8 @@ def _collisions(
     scope: _Scope,
     ignore_owners: Collection[str],
     ignored_nodes: AbstractSet[str],
+    *,
+    first_claims: Callable[[NodeClaims], dict[str, Claim]],
 ) -> dict[str, Claim]:
     """node -> first claim in `nodes` (one port's or range's table) colliding with `want`.
 
@@ -549,6 +577,10 @@ def _collisions(
     given = scope.given
     keys: Iterable[str]
     if given is None or (not scope.exact and len(given) >= len(nodes)):
+        if want.ip == WILDCARD and not ignored_nodes:
+            # Every holder of the port, e.g. a DaemonSet's on all 5,000 nodes: the table's
+            # first claims, walked once after each write to it and copied until the next.
+            return first_claims(nodes)
         keys = nodes.keys()
     elif len(given) < len(nodes):
         keys = [node for node in given if node in nodes]

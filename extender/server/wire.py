@@ -142,6 +142,10 @@ def encode_filter_error(args: ExtenderArgs | None, message: str) -> bytes:
 
 def encode_priorities(hosts: Sequence[str], scores: Mapping[str, int], default: int) -> bytes:
     """A HostPriorityList `[{"Host": ..., "Score": ...}]`: each host's score, else `default`."""
+    if not scores:
+        # A pod without host ports scores `default` everywhere: no lookup (hashing 5,000 fresh
+        # name strings and probing the table is most of the cost of this answer).
+        return orjson.dumps([{"Host": host, "Score": default} for host in hosts])
     score_of = scores.get
     return orjson.dumps([{"Host": host, "Score": score_of(host, default)} for host in hosts])
 

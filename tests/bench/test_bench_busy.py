@@ -101,4 +101,8 @@ def test_busy_targets_compare_ours_with_the_null_extender(
     tail = found["busy cluster, 300 names: filter p99 ours / null"]
     assert throughput.measured == pytest.approx(ours[0] / null[0])
     assert (throughput.met and tail.met) is met
-    assert "| 300 |" in "\n".join(report.busy_markdown(lines))
+    table = "\n".join(report.busy_markdown(lines))
+    assert "| 300 |" in table
+    assert table.splitlines()[-1].endswith("| - / - |")  # lines without the fake's CPU
+    lines[0]["fake_cpu_ms_per_pod"], lines[1]["fake_cpu_ms_per_pod"] = 0.45, 0.3
+    assert "| 0.45 / 0.30 |" in "\n".join(report.busy_markdown(lines))

@@ -86,6 +86,49 @@ def test_candidates_limit_the_answer_both_ways() -> None:
     assert set(index.conflicts([claim("80")], candidates=everyone)) == {f"n{i}" for i in range(50)}
 
 
+def test_a_port_held_everywhere_names_each_nodes_first_claim() -> None:
+    """A wildcard want over more candidates than holders (the filter's inexact scope) gets
+    every holding node with the first claim held there, whichever owner is asked about."""
+    index = PortIndex()
+    for number in range(20):
+        first = claim("8125/UDP", owner=f"ds-{number}", holder=f"hostNetwork pod ds/{number}")
+        second = claim("8125/UDP", "10.0.0.1", owner=f"other-{number}")
+        index.set_owner(f"ds-{number}", f"n{number}", [first])
+        index.set_owner(f"other-{number}", f"n{number}", [second])
+    candidates = [f"n{i}" for i in range(40)]
+    found = index.conflicts([claim("8125/UDP", owner="new")], candidates, exact=False)
+    assert sorted(found) == sorted(f"n{i}" for i in range(20))
+    assert all(found[f"n{i}"].owner == f"ds-{i}" for i in range(20))
+    # The pod's own claims still never count, through the slower path.
+    mine = index.conflicts([claim("8125/UDP", owner="ds-3")], candidates, ("ds-3",), exact=False)
+    assert mine["n3"].owner == "other-3"
+    assert len(mine) == 20
+
+
+def test_repeated_queries_see_every_write_in_between() -> None:
+    """The answer for a port held everywhere follows each write: a new holder, a released one,
+    an owner moved to another node or replaced by a claim on another port, and a caller
+    changing the answer it got does not change the next one."""
+    index = PortIndex()
+    for number in range(10):
+        index.set_owner(f"ds-{number}", f"n{number}", [claim("8125/UDP", owner=f"ds-{number}")])
+    want = [claim("8125/UDP", owner="new")]
+    candidates = [f"n{i}" for i in range(20)]
+    first = index.conflicts(want, candidates, exact=False)
+    assert sorted(first) == sorted(f"n{i}" for i in range(10))
+    first.clear()
+    assert len(index.conflicts(want, candidates, exact=False)) == 10
+    index.set_owner("extra", "n15", [claim("8125/UDP", owner="extra")])
+    index.remove_owner("ds-0")
+    index.set_owner("ds-1", "n16", [claim("8125/UDP", owner="ds-1")])
+    index.set_owner("ds-2", "n2", [claim("9000/UDP", owner="ds-2")])
+    found = index.conflicts(want, candidates, exact=False)
+    expected = {f"n{i}" for i in range(3, 10)} | {"n15", "n16"}
+    assert set(found) == expected
+    assert found["n16"].owner == "ds-1"
+    assert set(index.conflicts([claim("9000/UDP", owner="new")], candidates, exact=False)) == {"n2"}
+
+
 def test_replacing_and_removing_owners_releases_ports() -> None:
     """set_owner replaces an owner's claims whole; remove_owner releases them all."""
     index = PortIndex()

@@ -232,7 +232,11 @@ async def test_prioritize_spreads_host_port_workloads(make_extender: MakeExtende
         {"Host": "n3", "Score": 10},
     ]
     _, answer = await post(client, "prioritize", filter_args(pod("web"), NAMES))
-    assert {entry["Score"] for entry in answer} == {0}
+    assert answer == [{"Host": name, "Score": 0} for name in NAMES]
+    # Repeated and unusual names come back one entry each, in the order sent.
+    odd = ["n2", "n1", "n2", 'quote"and\\slash', "ünïcode"]
+    _, answer = await post(client, "prioritize", filter_args(pod("web"), odd))
+    assert answer == [{"Host": name, "Score": 0} for name in odd]
 
 
 async def test_prioritize_penalises_a_recent_udp_owner_switch(make_extender: MakeExtender) -> None:
