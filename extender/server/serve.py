@@ -216,7 +216,9 @@ async def serve_app(
     ops_runner = None
     if ops is not None:
         ops_app, ops_host, ops_port = ops
-        ops_runner = web.AppRunner(ops_app, access_log=None)
+        # The ops port faces the pod network (kubelet probes, Prometheus): the same connection
+        # limits as the verbs' listener, or a slowloris client there holds sockets for good.
+        ops_runner = GuardedAppRunner(ops_app, settings)
         await ops_runner.setup()
         try:
             await web.TCPSite(ops_runner, ops_host, ops_port, reuse_address=True).start()

@@ -4,6 +4,7 @@ well-behaved client keeps getting answers, and a kept-alive connection is never 
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import time
@@ -227,3 +228,26 @@ def test_connection_settings_that_cannot_work_are_one_line_errors(
     err = capsys.readouterr().err
     assert setting in err
     assert err.count("\n") == 1
+
+
+def test_the_ops_listener_has_the_same_head_deadline(tmp_path: Path) -> None:
+    """`--ops-listen` (probes and /metrics on the pod IP) closes a slowloris head within the
+    header timeout too, and still answers /healthz on another connection meanwhile."""
+    with served(tmp_path, LIMITS, "--ops-listen", "127.0.0.1:0") as running:
+        assert running.process.stdout is not None
+        line = running.process.stdout.readline()
+        match = re.search(r"health, readiness and metrics on http://127\.0\.0\.1:(\d+)", line)
+        assert match is not None, line
+        ops_port = int(match.group(1))
+        slow = socket.create_connection(("127.0.0.1", ops_port), timeout=10)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        probe = socket.create_connection(("127.0.0.1", ops_port), timeout=10)
+        probe.sendall(HEALTHZ)
+        assert drain_response(probe).startswith(b"HTTP/1.1 200")
+        while not closed(slow):
+            assert time.monotonic() - started <= HEADER_TIMEOUT + SLACK
+            time.sleep(0.05)
+        assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
+        slow.close()
+        probe.close()
