@@ -199,6 +199,9 @@ def create_live_app(
     live = Live(
         connection, cluster, staleness_seconds=settings.staleness_seconds, observer=observer
     )
+    if metrics is not None:
+        probe = live.probe
+        metrics.observe_api_answered(lambda: probe.status().answered_at)
     app = create_app(
         cluster, settings, binder=live.binder, readiness=live.readiness, metrics=metrics
     )

@@ -61,6 +61,7 @@ class _ScrapeTimeState(Collector):
         self.readiness: Readiness | None = None
         self.conflicts: NodeConflicts | None = None
         self.in_flight: Callable[[], int] | None = None
+        self.api_answered_at: Callable[[], float] | None = None
         self.last_event: dict[str, float] = {}
 
     def collect(self) -> Iterator[Metric]:
@@ -95,6 +96,12 @@ class _ScrapeTimeState(Collector):
             for node, count in sorted(self.conflicts().items()):
                 family.add_metric([node], count)
             yield family
+        if self.api_answered_at is not None:
+            yield GaugeMetricFamily(
+                "hostport_extender_api_server_last_answer_age_seconds",
+                "Seconds since the API server last answered the extender's probe (live mode).",
+                value=max(0.0, self.clock() - self.api_answered_at()),
+            )
         if self.last_event:
             now = self.clock()
             family = GaugeMetricFamily(
@@ -134,6 +141,11 @@ class Metrics:
     def observe_in_flight(self, in_flight: Callable[[], int]) -> None:
         """Export `hostport_extender_reservations_in_flight` from `in_flight()` at each scrape."""
         self._state.in_flight = in_flight
+
+    def observe_api_answered(self, answered_at: Callable[[], float]) -> None:
+        """Export how long ago the API server last answered, from `answered_at()` (the probe's
+        clock, the same as this registry's) at each scrape."""
+        self._state.api_answered_at = answered_at
 
     def observe_conflicts(self, conflicts: NodeConflicts) -> None:
         """Export live per-node conflicts from `conflicts()` at each scrape."""

@@ -345,3 +345,39 @@ async def test_live_app_exports_informer_metrics(tmp_path: Path, aiohttp_client:
         await client.close()
     finally:
         await fake.stop()
+
+
+async def test_live_app_exports_how_long_the_api_server_has_been_silent(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """/metrics shows the seconds since the API server last answered the probe: near zero while
+    it answers, growing while it stalls, near zero again once it answers."""
+    fake = FakeApiServer(token="sa-token", pki=Pki.create(tmp_path / "pki"))
+    seed(fake)
+    await fake.start()
+    name = "hostport_extender_api_server_last_answer_age_seconds"
+    try:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", token="sa-token")
+        metrics = new_metrics()
+        settings = Settings(staleness_seconds=2.0)  # the probe runs every 0.5 s
+        app, readiness, _ = create_live_app(
+            settings, kubeconfig=str(kubeconfig), context=None, metrics=metrics
+        )
+        client: ExtenderClient = await aiohttp_client(app)
+        await eventually(lambda: readiness.check() is None)
+
+        def age() -> float:
+            value = metrics.registry.get_sample_value(name)
+            assert value is not None
+            return value
+
+        await eventually(lambda: age() < 1.0)
+        fake.stall()
+        await eventually(lambda: age() > 2.0, within=10)
+        fake.resume()
+        await eventually(lambda: age() < 1.0, within=10)
+        assert name in await (await client.get("/metrics")).text()
+        await client.close()
+    finally:
+        fake.resume()
+        await fake.stop()
