@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,12 @@ import orjson
 from aiohttp import web
 
 from extender.core.cluster import Cluster
-from extender.kube.informer import PODS
 from extender.kube.kubeauth import load_connection
 from extender.server.live import Live
 from extender.settings import Settings
 from extender.webhook import certs
 from tests.fakeapi import FakeApiServer, Pki
+from tests.truth import Sleeper, matches_truth
 
 RECOVERY_LIMIT = 60.0
 """A fault not recovered from within this long is reported as such (the old code never did)."""
@@ -102,18 +102,6 @@ class Churn:
 
 
 @dataclass
-class Sleeper:
-    """The informers' backoff sleep: real, or cut to 10 ms while `fast` (to pile backoff up)."""
-
-    fast: bool = False
-    delays: list[float] = field(default_factory=list)
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0.01 if self.fast else delay)
-
-
-@dataclass
 class Stack:
     fake: FakeApiServer
     pki: Pki
@@ -126,10 +114,7 @@ class Stack:
         return self.live.readiness.check() is None
 
     def in_sync(self) -> bool:
-        fresh = Cluster(Settings())
-        fresh.nodes.replace(list(self.fake.truth("nodes").values()))
-        fresh.pods.replace(list(self.fake.truth("pods", PODS.field_selector).values()))
-        return self.cluster.index.fingerprint() == fresh.index.fingerprint()
+        return matches_truth(self.cluster, self.fake)
 
 
 async def wait_for(condition: Callable[[], bool], limit: float = 120.0) -> float:

@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +30,11 @@ from tests.conftest import REPO, ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.kube.test_live import newcomer, seed
 from tests.objects import pod, port
+from tests.truth import Sleeper, matches_truth
 
 STALENESS = 1.5
 SLACK = 1.0
 """Scheduling noise allowed on a shared 2-core machine on top of each bound."""
-
-
-@dataclass
-class Sleeper:
-    """The informers' backoff sleep: real, or cut to 10 ms while `fast` (to pile up backoff)."""
-
-    fast: bool = False
-    delays: list[float] = field(default_factory=list)
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0.01 if self.fast else delay)
 
 
 @dataclass
@@ -62,10 +51,7 @@ class Running:
 
     def in_sync(self) -> bool:
         """The index equals one a brand-new extender would build from a fresh list now."""
-        fresh = Cluster(self.settings)
-        fresh.nodes.replace(list(self.fake.truth("nodes").values()))
-        fresh.pods.replace(list(self.fake.truth("pods", PODS.field_selector).values()))
-        return self.cluster.index.fingerprint() == fresh.index.fingerprint()
+        return matches_truth(self.cluster, self.fake, self.settings)
 
     def ready(self) -> bool:
         return self.live.readiness.check() is None

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from extender.core.cluster import Cluster
-from extender.kube.informer import HEALTHY_WATCH_SECONDS, PODS
+from extender.kube.informer import HEALTHY_WATCH_SECONDS
 from extender.kube.kubeauth import load_connection
 from extender.server.app import create_app
 from extender.server.live import Live, create_live_app
@@ -25,6 +25,7 @@ from extender.settings import Settings
 from tests.conftest import REPO, ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.objects import pod, port
+from tests.truth import fresh_cluster
 
 STALENESS = 60.0
 
@@ -52,10 +53,7 @@ class LiveStack:
 
     def fresh_fingerprint(self) -> frozenset[Any]:
         """The index a brand-new extender would build from a consistent list right now."""
-        fresh = Cluster(self.settings)
-        fresh.nodes.replace(list(self.fake.truth("nodes").values()))
-        fresh.pods.replace(list(self.fake.truth("pods", PODS.field_selector).values()))
-        return fresh.index.fingerprint()
+        return fresh_cluster(self.fake, self.settings).index.fingerprint()
 
     def in_sync(self) -> bool:
         return self.cluster.index.fingerprint() == self.fresh_fingerprint()

@@ -23,6 +23,7 @@ from extender.kube.kubeauth import load_connection
 from extender.settings import Settings
 from tests.fakeapi import FakeApiServer, eventually
 from tests.objects import pod, port
+from tests.truth import fresh_cluster
 
 
 @dataclass
@@ -33,10 +34,7 @@ class Watched:
 
     def fresh(self) -> Cluster:
         """What a new extender would build from a consistent list right now."""
-        fresh = Cluster(Settings())
-        fresh.nodes.replace(list(self.fake.truth("nodes").values()))
-        fresh.pods.replace(list(self.fake.truth("pods", PODS.field_selector).values()))
-        return fresh
+        return fresh_cluster(self.fake)
 
     def in_sync(self) -> bool:
         fresh = self.fresh()
