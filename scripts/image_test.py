@@ -138,9 +138,9 @@ def check(condition: bool, what: str) -> None:
     print(f"  ok: {what}")
 
 
-def test_serve() -> float:
-    """The extender over the bundled sample; returns its start-to-ready seconds."""
-    name = f"{PREFIX}-serve"
+def start_serve(name: str) -> tuple[subprocess.Popen[str], float]:
+    """`serve --snapshot` of the sample as container `name` (verbs on 8888, ops on 9090);
+    returns it once both ports listen, with the seconds from `podman run` to then."""
     started = time.monotonic()
     process = run_detached(
         name,
@@ -153,7 +153,17 @@ def test_serve() -> float:
     try:
         assert process.stdout is not None
         wait_for_line(process.stdout, r"health, readiness and metrics on http://127\.0\.0\.1:9090")
-        ready = time.monotonic() - started
+    except BaseException:
+        stop(name, process)
+        raise
+    return process, time.monotonic() - started
+
+
+def test_serve() -> float:
+    """The extender over the bundled sample; returns its start-to-ready seconds."""
+    name = f"{PREFIX}-serve"
+    process, ready = start_serve(name)
+    try:
         answers = inside(
             name,
             [
@@ -213,21 +223,9 @@ def test_agent(serve_name: str) -> None:
 def start_to_ready() -> float:
     """One more start of `serve`, timed from `podman run` to both ports listening."""
     name = f"{PREFIX}-timing"
-    started = time.monotonic()
-    process = run_detached(
-        name,
-        "serve",
-        "--snapshot=config/samples/cluster.yaml",
-        "--listen=127.0.0.1:8888",
-        "--ops-listen=127.0.0.1:9090",
-        options=["--network=none"],
-    )
-    try:
-        assert process.stdout is not None
-        wait_for_line(process.stdout, r"health, readiness and metrics on")
-        return time.monotonic() - started
-    finally:
-        stop(name, process)
+    process, ready = start_serve(name)
+    stop(name, process)
+    return ready
 
 
 def native_start_to_ready() -> float:
