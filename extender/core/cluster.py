@@ -34,7 +34,7 @@ from extender.core.pods import (
 )
 from extender.core.ports import Claim, ClaimKind, PortIndex, reason_text
 from extender.core.portspec import parse_port_specs
-from extender.core.sinks import RawObject
+from extender.core.sinks import RawObject, consumed
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,15 @@ class Cluster:
 
     def release_pods_except(self, kept: Container[str]) -> None:
         """Remove every held pod whose UID is not in `kept` (the end of a relist)."""
+        for _ in self.release_pods_in_steps(kept):
+            pass
+
+    def release_pods_in_steps(self, kept: Container[str]) -> Iterator[None]:
+        """`release_pods_except`, one pod per step (a relist after a long outage can find
+        thousands gone)."""
         for uid in [uid for uid in self.pods_by_uid if uid not in kept]:
             self.remove_pod(uid)
+            yield
 
     # --- bindings and reservations -----------------------------------------------------------
 
@@ -294,8 +301,14 @@ class Cluster:
 
     def release_nodes_except(self, kept: Container[str]) -> None:
         """Forget every known node whose name is not in `kept` (the end of a relist)."""
+        for _ in self.release_nodes_in_steps(kept):
+            pass
+
+    def release_nodes_in_steps(self, kept: Container[str]) -> Iterator[None]:
+        """`release_nodes_except`, one node per step."""
         for name in [name for name in self.nodes_known if name not in kept]:
             self.remove_node(name)
+            yield
 
     def observation_is_stale(self, node: str) -> bool:
         state = self.nodes_known.get(node)
@@ -376,14 +389,15 @@ class _PodSink:
         """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s."""
         self._shapes.clear()
         fresh: set[str] = set()
-        for raw in raws:
+        for raw in consumed(raws):
             if self._matters(raw):
                 pod = decode_pod(raw)
                 fresh.add(pod.uid)
                 self._cluster.apply_pod(pod)
                 self._remember(pod, _port_shape(raw))
+            del raw  # freed in this step (see consumed)
             yield
-        self._cluster.release_pods_except(fresh)
+        yield from self._cluster.release_pods_in_steps(fresh)
 
     def _remember(self, pod: PodPorts, shape: int | None) -> None:
         """Note the shape `pod` was decoded from, while the cluster holds exactly that record."""
@@ -455,9 +469,10 @@ class _NodeSink:
     def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
         """`replace`, one node per step (see SteppedSink)."""
         fresh: set[str] = set()
-        for raw in raws:
+        for raw in consumed(raws):
             node = decode_node(raw)
             fresh.add(node.name)
             self._cluster.apply_node(node)
+            del raw  # freed in this step (see consumed)
             yield
-        self._cluster.release_nodes_except(fresh)
+        yield from self._cluster.release_nodes_in_steps(fresh)

@@ -34,5 +34,19 @@ class SteppedSink(ObjectSink, Protocol):
         """`replace(raws)`, pausing (yielding) after each object; done when exhausted.
 
         Objects are applied first and the vanished ones released at the end, so between two
-        steps the state holds at least every port the list shows, never fewer.
+        steps the state holds at least every port the list shows, never fewer. The list is
+        emptied as it is applied (see `consumed`).
         """
+
+
+def consumed(raws: list[RawObject]) -> Iterator[RawObject]:
+    """The items of `raws` in order, each dropped from the list as it is handed out.
+
+    A decoded list of 30,000 pods is ~3 million objects, and freeing them in one `del` held the
+    event loop for 262 ms; taken this way, each object is freed in the step that applied it,
+    inside the caller's time slices. `raws` is empty afterwards.
+    """
+    raws.reverse()
+    pop = raws.pop
+    while raws:
+        yield pop()

@@ -69,11 +69,17 @@ def test_a_relist_in_steps_equals_the_relist_at_once(
     nodes = [node(n, r) for n, r in nodes_after.items()]
     at_once.nodes.replace(nodes)
     at_once.pods.replace(pods)
+    vanished = len(set(nodes_before) - set(nodes_after)) + len(
+        {name for name in before if in_steps.holds_pod(f"uid-{name}")} - set(after)
+    )
+    listed = len(nodes) + len(pods)
     steps = list(in_steps.nodes.replace_in_steps(nodes)) + list(
         in_steps.pods.replace_in_steps(pods)
     )
-    assert len(steps) == len(nodes) + len(pods)
+    assert len(steps) == listed + vanished  # a step per listed object, then per one released
     assert state(in_steps) == state(at_once)
+    assert nodes == []  # consumed: each object freed in its own step
+    assert pods == []
 
 
 def test_between_steps_the_listed_ports_are_already_held() -> None:
@@ -84,5 +90,5 @@ def test_between_steps_the_listed_ports_are_already_held() -> None:
     next(steps)
     held = {(c[0], c[1], c[3]) for c in cluster.index.fingerprint()}
     assert held == {("uid-old", "n1", 80), ("uid-new", "n2", 81)}
-    assert list(steps) == []
+    assert list(steps) == [None]  # the release of "old", a step of its own
     assert {(c[0], c[3]) for c in cluster.index.fingerprint()} == {("uid-new", 81)}
