@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -141,13 +142,53 @@ def encode_filter_error(args: ExtenderArgs | None, message: str) -> bytes:
 
 
 def encode_priorities(hosts: Sequence[str], scores: Mapping[str, int], default: int) -> bytes:
-    """A HostPriorityList `[{"Host": ..., "Score": ...}]`: each host's score, else `default`."""
-    if not scores:
-        # A pod without host ports scores `default` everywhere: no lookup (hashing 5,000 fresh
-        # name strings and probing the table is most of the cost of this answer).
-        return orjson.dumps([{"Host": host, "Score": default} for host in hosts])
+    """A HostPriorityList `[{"Host": ..., "Score": ...}]`: each host's score, else `default`.
+
+    The answer is spliced from one orjson encoding of the names instead of built as a list of
+    dicts: prioritize was the most expensive verb under load (bench.busy: 2.3 of its 3.1 s in
+    this encoding), and the splice is 2.5x (flat) to 1.2x (scored) cheaper. The bytes are
+    identical to the plain encoding's (tests/server/test_wire_priorities.py).
+    """
+    spliced = _spliced_priorities(hosts, scores, default)
+    if spliced is not None:
+        return spliced
     score_of = scores.get
     return orjson.dumps([{"Host": host, "Score": score_of(host, default)} for host in hosts])
+
+
+_HOST = b'{"Host":"'
+_SCORE_THEN_NEXT_HOST = {score: b'","Score":%d},{"Host":"' % score for score in range(-1, 101)}
+"""What follows a host's name: its score, then the next entry's opening (a dict so that a
+score outside the table raises KeyError rather than indexing a wrong one)."""
+_NEXT_HOST = len(b',{"Host":"')
+
+
+def _spliced_priorities(
+    hosts: Sequence[str], scores: Mapping[str, int], default: int
+) -> bytes | None:
+    """The HostPriorityList from `orjson.dumps(hosts)` split at its `","`; None if not exact.
+
+    In a JSON list of strings `","` occurs only between two items: a quote inside a name is
+    written `\\"`, so it never starts that sequence, and the closing quote before it is real.
+    """
+    encoded = orjson.dumps(hosts)
+    names = encoded[2:-2].split(b'","')
+    if len(encoded) < 4 or len(names) != len(hosts):
+        return None  # no hosts (or, defensively, a split that does not add up)
+    try:
+        if scores:
+            tails = list(
+                map(_SCORE_THEN_NEXT_HOST.__getitem__, map(scores.get, hosts, repeat(default)))
+            )
+        else:
+            tails = [_SCORE_THEN_NEXT_HOST[default]] * len(names)
+    except (KeyError, TypeError):
+        return None  # a score outside the table (not one we produce): the plain route
+    pieces: list[bytes] = [b""] * (2 * len(names))
+    pieces[0::2] = names
+    pieces[1::2] = tails
+    pieces[-1] = pieces[-1][:-_NEXT_HOST]
+    return b"[" + _HOST + b"".join(pieces) + b"]"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,47 @@
+"""The spliced HostPriorityList is byte for byte what encoding a list of dicts gives."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extender.server.wire import encode_priorities
+
+
+def reference(hosts: list[str], scores: dict[str, int], default: int) -> bytes:
+    """The plain encoding the scheduler's decoder was tested against."""
+    return orjson.dumps([{"Host": h, "Score": scores.get(h, default)} for h in hosts])
+
+
+node_names = st.from_regex(r"[a-z0-9]([-a-z0-9.]{0,40}[a-z0-9])?", fullmatch=True)
+any_names = st.one_of(
+    node_names,
+    st.text(max_size=12),  # quotes, backslashes, control characters, `","`, non-ASCII
+    st.sampled_from(['","', '"', "\\", '\\","', "", "\u2028", "a],[b", '{"Host":"x"}']),
+)
+scores_in_range = st.integers(0, 10)
+
+
+@given(
+    hosts=st.lists(st.one_of(node_names, any_names), max_size=30),
+    scored=st.dictionaries(any_names, st.one_of(scores_in_range, st.integers(-5, 500))),
+    default=scores_in_range,
+)
+def test_every_host_list_encodes_exactly_as_the_plain_way(
+    hosts: list[str], scored: dict[str, int], default: int
+) -> None:
+    scores = {**scored, **{h: len(h) % 11 for h in hosts[::2]}}
+    assert encode_priorities(hosts, scores, default) == reference(hosts, scores, default)
+    assert encode_priorities(hosts, {}, default) == reference(hosts, {}, default)
+
+
+def test_a_cluster_of_node_names_decodes_to_each_hosts_score() -> None:
+    """What the scheduler reads back: every host once, in order, with its own score."""
+    hosts = [f"ip-10-0-{i // 250}-{i % 250}.ec2.internal" for i in range(1000)]
+    scores = {h: i % 11 for i, h in enumerate(hosts) if i % 3}
+    decoded = orjson.loads(encode_priorities(hosts, scores, 7))
+    assert [entry["Host"] for entry in decoded] == hosts
+    assert [entry["Score"] for entry in decoded] == [scores.get(h, 7) for h in hosts]
+    assert orjson.loads(encode_priorities(["only"], {}, 10)) == [{"Host": "only", "Score": 10}]
+    assert encode_priorities([], {"a": 1}, 10) == b"[]"
