@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import datetime
+import gc
 import sys
 import uuid
 from pathlib import Path

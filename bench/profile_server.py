@@ -37,12 +37,20 @@ class GcPauses:
 
     started: float = 0.0
     seconds: dict[int, list[float]] = field(default_factory=lambda: {0: [], 1: [], 2: []})
+    since: float = field(default_factory=time.perf_counter)
+    long: list[tuple[float, int, float, int]] = field(default_factory=list)
+    """(seconds since serving began, generation, pause, objects collected) of pauses > 10 ms:
+    when they happen says what caused them (a sync, a relist, a burst)."""
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self.started = time.perf_counter()
         else:
-            self.seconds[info["generation"]].append(time.perf_counter() - self.started)
+            now = time.perf_counter()
+            pause = now - self.started
+            self.seconds[info["generation"]].append(pause)
+            if pause > 0.01:
+                self.long.append((now - self.since, info["generation"], pause, info["collected"]))
 
     def summary(self) -> str:
         lines = ["garbage collector pauses while serving:"]
@@ -52,6 +60,10 @@ class GcPauses:
                     f"  gen {generation}: {len(pauses)} runs, {sum(pauses) * 1000:.0f} ms in all,"
                     f" longest {max(pauses) * 1000:.1f} ms"
                 )
+        lines.extend(
+            f"  at {at:7.1f} s: gen {generation} {pause * 1000:.1f} ms, {collected} collected"
+            for at, generation, pause, collected in self.long
+        )
         return "\n".join(lines) + "\n"
 
 
