@@ -329,26 +329,51 @@ def busy_rounds(
     return lines
 
 
-def cpu_per_event(plan: BusyPlan, fake: FakeApi, ours: servers.Server) -> list[dict[str, Any]]:
-    """Our CPU per 1,000 watch events with no calls: idle rate first, then each kind of pod."""
+@contextmanager
+def bare_watcher(kubeconfig: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """bench/bare_watch.py watching the fake's pods, for the duration of the block."""
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_watch", f"--kubeconfig={kubeconfig}"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=servers.REPO,
+        )
+        try:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != b"watching":
+                raise servers.ServerError(f"the bare watch client did not start (see {log})")
+            yield process
+        finally:
+            servers.stop_process(process)
+
+
+def cpu_per_event(
+    plan: BusyPlan, fake: FakeApi, ours: servers.Server, bare_pid: int
+) -> list[dict[str, Any]]:
+    """Our CPU per 1,000 watch events with no calls, beside the bare watch client's in the same
+    windows: idle rates first, then each kind of pod."""
     pid = ours.process.pid
     wait_idle(pid)
-    before = cpu_seconds(pid)
+    before, bare_before = cpu_seconds(pid), cpu_seconds(bare_pid)
     time.sleep(plan.cpu_phase_s)
     idle_rate = (cpu_seconds(pid) - before) / plan.cpu_phase_s
+    bare_idle_rate = (cpu_seconds(bare_pid) - bare_before) / plan.cpu_phase_s
     lines = []
     for kind, rate in (("plain", 1000), ("ports", 500), ("plain", 1000), ("ports", 500)):
         events_before = fake.ask("stats")["churned"]
         started = time.perf_counter()
-        before = cpu_seconds(pid)
+        before, bare_before = cpu_seconds(pid), cpu_seconds(bare_pid)
         fake.ask(f"churn {rate} {kind}")
         time.sleep(plan.cpu_phase_s)
         fake.ask(f"churn 0 {kind}")
         time.sleep(0.5)  # the last events reach the extender
         cpu = cpu_seconds(pid) - before
+        bare_cpu = cpu_seconds(bare_pid) - bare_before
         window = time.perf_counter() - started
         events = fake.ask("stats")["churned"] - events_before
         net = max(0.0, cpu - idle_rate * window)
+        bare_net = max(0.0, bare_cpu - bare_idle_rate * window)
         line = {
             "kind": "busy-cpu",
             "pods": kind,
@@ -357,10 +382,14 @@ def cpu_per_event(plan: BusyPlan, fake: FakeApi, ours: servers.Server) -> list[d
             "cpu_s": cpu,
             "idle_cpu_s": idle_rate * window,
             "cpu_ms_per_1000": 1e6 * net / events if events else 0.0,
+            "bare_cpu_s": bare_cpu,
+            "bare_idle_cpu_s": bare_idle_rate * window,
+            "bare_cpu_ms_per_1000": 1e6 * bare_net / events if events else 0.0,
         }
         print(
             f"  watch events of pods {'without' if kind == 'plain' else 'with'} host ports: "
-            f"{events} at {rate}/s, ours {line['cpu_ms_per_1000']:.1f} ms CPU per 1,000",
+            f"{events} at {rate}/s, ours {line['cpu_ms_per_1000']:.1f} ms CPU per 1,000, "
+            f"a bare watch client {line['bare_cpu_ms_per_1000']:.1f}",
             flush=True,
         )
         lines.append(line)
@@ -371,6 +400,8 @@ def cpu_per_event(plan: BusyPlan, fake: FakeApi, ours: servers.Server) -> list[d
         events = sum(line["events"] for line in mine)
         cpu = sum(line["cpu_s"] for line in mine)
         idle = sum(line["idle_cpu_s"] for line in mine)
+        bare = sum(line["bare_cpu_s"] for line in mine)
+        bare_idle = sum(line["bare_idle_cpu_s"] for line in mine)
         merged.append(
             mine[0]
             | {
@@ -379,6 +410,11 @@ def cpu_per_event(plan: BusyPlan, fake: FakeApi, ours: servers.Server) -> list[d
                 "idle_cpu_s": idle,
                 "cpu_ms_per_1000": 1e6 * max(0.0, cpu - idle) / events if events else 0.0,
                 "rounds_ms_per_1000": [round(line["cpu_ms_per_1000"], 1) for line in mine],
+                "bare_cpu_s": bare,
+                "bare_idle_cpu_s": bare_idle,
+                "bare_cpu_ms_per_1000": (
+                    1e6 * max(0.0, bare - bare_idle) / events if events else 0.0
+                ),
             }
         )
     return merged
@@ -475,7 +511,8 @@ def run(
             ):
                 synced = wait_ready(ours)
                 print(f"busy: ours synced in {synced:.1f} s", flush=True)
-                lines = cpu_per_event(plan, fake, ours)
+                with bare_watcher(kubeconfig, logs / "bare-watch.log") as bare:
+                    lines = cpu_per_event(plan, fake, ours, bare.pid)
                 maker = PodMaker(templates, seed)
                 scheduler = Scheduler(fake, maker, seed)
                 lines += busy_rounds(plan, fake, ours, null, scheduler)

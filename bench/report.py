@@ -187,6 +187,17 @@ def busy_targets(lines: Sequence[Line]) -> list[Target]:
     return found
 
 
+def _bare_watch(line: Line) -> str:
+    """The same windows' figure for bench/bare_watch.py, the floor any watching client pays."""
+    bare = line.get("bare_cpu_ms_per_1000")
+    if not bare:
+        return ""
+    return (
+        f"; a bare watch client (bench/bare_watch.py: aiohttp, reads the same stream, decodes "
+        f"nothing) {bare:.1f} ms, so ours is {line['cpu_ms_per_1000'] / bare:.2f}x that floor"
+    )
+
+
 def _fake_cpu(line: Line) -> str:
     """The fake API server's CPU per scheduled pod in a round ("-" in lines from before it was
     recorded): what streaming our watch costs the API server's side of the machine."""
@@ -236,7 +247,9 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
                 f"at {line['rate']}/s; ours {line['cpu_s'] * 1000:.0f} ms CPU (idle rate "
                 f"{line['idle_cpu_s'] * 1000:.0f} ms of it) = "
                 f"**{line['cpu_ms_per_1000']:.1f} ms per 1,000 events** (/proc/PID/stat; "
-                f"the rounds: {', '.join(map(str, line.get('rounds_ms_per_1000', [])))} ms)."
+                f"the rounds: {', '.join(map(str, line.get('rounds_ms_per_1000', [])))} ms)"
+                + _bare_watch(line)
+                + "."
             )
     for line in lines:
         if line.get("kind") == "busy-stall":
