@@ -1,10 +1,12 @@
 """Ingest and memory: load a big cluster into the index, then apply watch events, in one process.
 
 Run as its own process (`python -m bench.ingest ...`, prints one JSON line) so that peak RSS
-(VmHWM) is the index's and not the driver's. Objects arrive as an informer gets
-them: pages of 500 encoded as JSON, decoded with orjson and fed one by one to the cluster's sinks,
-so no more than one page of raw objects is alive at a time; generating and encoding a page is not
-timed. Watch events are pre-decoded dicts fed to `cluster.pods.upsert/delete`.
+(VmHWM) is the index's and not the driver's. Objects arrive as the informer gets them: pages of
+500 encoded as the API server writes a list, cut into items and decoded the way `KubeApi.list_all`
+does (extender/kube/listpage.py; for pods, only the items `cluster.pods.listable` accepts), and
+fed one by one to the cluster's sinks, so no more than one page of raw objects is alive at a time;
+generating and encoding a page is not timed. Watch events are pre-decoded dicts fed to
+`cluster.pods.upsert/delete`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 from bench.generate import ClusterSpec, RawObject, generate_node, generate_pods_for_node
 from extender.core.cluster import Cluster
 from extender.heap import loading
+from extender.kube.listpage import cut_list, decode_item
 from extender.settings import Settings
 
 PAGE = 500
@@ -68,24 +71,49 @@ class IngestResult:
         return self.events / self.events_s if self.events_s > 0 else 0.0
 
 
-def _pages(objects: Iterator[RawObject]) -> Iterator[bytes]:
+def _pages(objects: Iterator[RawObject], kind: str) -> Iterator[bytes]:
     page: list[RawObject] = []
     for raw in objects:
-        page.append(raw)
+        page.append({key: value for key, value in raw.items() if key not in _TYPE_META})
         if len(page) == PAGE:
-            yield orjson.dumps(page)
+            yield _list_bytes(kind, page)
             page = []
     if page:
-        yield orjson.dumps(page)
+        yield _list_bytes(kind, page)
 
 
-def _feed(pages: Iterator[bytes], upsert: Callable[[RawObject], None]) -> tuple[float, float]:
+_TYPE_META = ("kind", "apiVersion")
+"""Left out of list items, as the API server does (the list's own kind says it)."""
+
+
+def _list_bytes(kind: str, items: list[RawObject]) -> bytes:
+    return orjson.dumps(
+        {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+    )
+
+
+def _decode_page(page: bytes, keep: Callable[[bytes], bool] | None) -> list[RawObject]:
+    """The items `list_all` would hand the informer (cut, filtered, decoded; else whole)."""
+    cut = cut_list(page)
+    if cut is not None:
+        items = [decode_item(raw) for raw in cut.items if keep is None or keep(raw)]
+        if all(item is not None for item in items):
+            return [item for item in items if item is not None]
+    decoded: list[RawObject] = orjson.loads(page)["items"]
+    return decoded
+
+
+def _feed(
+    pages: Iterator[bytes],
+    upsert: Callable[[RawObject], None],
+    keep: Callable[[bytes], bool] | None = None,
+) -> tuple[float, float]:
     """Decode and apply every page; (seconds decoding, seconds in the index)."""
     decode_s = index_s = 0.0
     clock = time.perf_counter
     for page in pages:
         started = clock()
-        raws = orjson.loads(page)
+        raws = _decode_page(page, keep)
         decoded = clock()
         for raw in raws:
             upsert(raw)
@@ -135,9 +163,11 @@ def load(spec: ClusterSpec) -> tuple[Cluster, float, float]:
     """
     cluster = Cluster(Settings())
     with loading():
-        node_pages = _pages(generate_node(spec, index) for index in range(spec.nodes))
+        node_pages = _pages((generate_node(spec, index) for index in range(spec.nodes)), "NodeList")
         node_decode_s, node_index_s = _feed(node_pages, cluster.nodes.upsert)
-        pod_decode_s, pod_index_s = _feed(_pages(_all_pods(spec)), cluster.pods.upsert)
+        pod_decode_s, pod_index_s = _feed(
+            _pages(_all_pods(spec), "PodList"), cluster.pods.upsert, cluster.pods.listable
+        )
     return cluster, node_decode_s + pod_decode_s, node_index_s + pod_index_s
 
 

@@ -24,6 +24,13 @@ PORT_WORDS = re.compile(rb"host(?:Network|Port|ports\.dev)")
 """A pod claims host ports only through these fields and annotations (see pods.may_hold_ports);
 one regular-expression pass over the line is ~2x faster than three substring searches."""
 
+
+def may_claim_ports(raw: bytes) -> bool:
+    """Whether the JSON of a pod (a list item, a watch line) names a way to claim a host port;
+    False means its pod claims none, whatever else it says."""
+    return PORT_WORDS.search(raw) is not None
+
+
 _EVENT_HEADS = tuple(
     (kind, b'{"type":"' + kind.encode() + b'","object":{' + object_head)
     for kind in ("ADDED", "MODIFIED", "DELETED")
@@ -47,7 +54,7 @@ def portless_pod_event(line: bytes) -> PortlessPodEvent | None:
     Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
     sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
     """
-    if PORT_WORDS.search(line) is not None or not line.rstrip().endswith(b"}}"):
+    if may_claim_ports(line) or not line.rstrip().endswith(b"}}"):
         return None
     found = next(((kind, head) for kind, head in _EVENT_HEADS if line.startswith(head)), None)
     if found is None:

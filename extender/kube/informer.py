@@ -36,6 +36,7 @@ from extender.heap import collector_paused, freeze_heap
 from extender.kube import kubeapi
 from extender.kube.kubeapi import (
     ApiStatusError,
+    ItemFilter,
     KubeApi,
     KubeApiError,
     LineFilter,
@@ -160,10 +161,13 @@ class Informer:
         rng: random.Random | None = None,
         observer: InformerObserver | None = None,
         skippable: LineFilter | None = None,
+        listable: ItemFilter | None = None,
     ) -> None:
-        """`skippable` reads raw watch lines before they are decoded (kubeapi.WatchStream)."""
+        """`skippable` reads raw watch lines before they are decoded (kubeapi.WatchStream);
+        `listable` raw list items (KubeApi.list_all's `keep`)."""
         self.resource = resource
         self._skippable = skippable
+        self._listable = listable
         self._observer = observer or _NoObserver()
         self._api = api
         self._sink = sink
@@ -331,6 +335,7 @@ class Informer:
                 self.resource.path,
                 field_selector=self.resource.field_selector,
                 limit=self._page_size,
+                keep=self._listable,
             )
             count = len(items)
             if isinstance(self._sink, SteppedSink):
@@ -351,7 +356,7 @@ class Informer:
         self._broken_since = None
         self._last_event_at = self._clock()
         self._observer.listed(self.resource.name)
-        log.info("%s: listed %d objects at resourceVersion %s", self.resource.name, count, rv)
+        log.info("%s: listed at resourceVersion %s, %d to apply", self.resource.name, rv, count)
 
     async def _watch(self, server_timeout: int) -> None:
         """One watch from the current RV until the server ends it cleanly; errors raise."""

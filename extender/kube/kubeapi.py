@@ -33,6 +33,9 @@ RawEvent = dict[str, Any]
 LineFilter = Callable[[bytes], str | None]
 """Given a raw watch line: its resourceVersion if it can be skipped undecoded, else None."""
 
+ItemFilter = Callable[[bytes], bool]
+"""Given a raw LIST item: whether to decode it (False: the caller has no use for it)."""
+
 SLICE_SECONDS = 0.0005
 """Longest run of watch lines handled without letting other tasks (requests) run."""
 
@@ -117,9 +120,17 @@ class KubeApi:
         await self.close()
 
     async def list_all(
-        self, path: str, *, field_selector: str = "", limit: int = 500
+        self,
+        path: str,
+        *,
+        field_selector: str = "",
+        limit: int = 500,
+        keep: ItemFilter | None = None,
     ) -> tuple[list[RawObject], str]:
         """Every item of a paginated LIST and the list's resourceVersion (a consistent snapshot).
+
+        With `keep`, an item it refuses (read from its raw bytes) is dropped undecoded; a page
+        that cannot be cut into items (listpage.cut_list) is decoded whole and kept whole.
 
         A 410 on a continue token surfaces as ApiStatusError(410): the caller restarts the list,
         as the inconsistent continuation the server offers could miss deletions.
@@ -132,7 +143,7 @@ class KubeApi:
                 params["fieldSelector"] = field_selector
             if token:
                 params["continue"] = token
-            page, metadata = await self._list_page(path, params)
+            page, metadata = await self._list_page(path, params, keep)
             items.extend(page)
             token = metadata.get("continue") or ""
             if not token:
@@ -142,7 +153,7 @@ class KubeApi:
                 return items, str(rv)
 
     async def _list_page(
-        self, path: str, params: Mapping[str, str]
+        self, path: str, params: Mapping[str, str], keep: ItemFilter | None
     ) -> tuple[list[RawObject], RawObject]:
         """One page's items and metadata, decoded an item at a time between other tasks.
 
@@ -152,7 +163,7 @@ class KubeApi:
         """
         data = await self._read("GET", path, params=params)
         cut = cut_list(data)
-        items = await _decode_in_slices(cut.items) if cut is not None else None
+        items = await _decode_in_slices(cut.items, keep) if cut is not None else None
         if cut is not None and items is not None:
             raw_list = {**cut.envelope, "items": items}
         else:
@@ -434,13 +445,15 @@ def _progress(resource_version: str) -> RawEvent:
     return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
 
 
-async def _decode_in_slices(raws: list[bytes]) -> list[RawObject] | None:
-    """Each item decoded, with a yield to other tasks every SLICE_SECONDS; None if one is not
-    a whole JSON object (see listpage.decode_item)."""
+async def _decode_in_slices(raws: list[bytes], keep: ItemFilter | None) -> list[RawObject] | None:
+    """Each item `keep` accepts decoded, with a yield to other tasks every SLICE_SECONDS; None
+    if one is not a whole JSON object (see listpage.decode_item)."""
     items: list[RawObject] = []
     clock = time.perf_counter
     slice_started = clock()
     for raw in raws:
+        if keep is not None and not keep(raw):
+            continue
         item = decode_item(raw)
         if item is None:
             return None

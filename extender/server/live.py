@@ -139,7 +139,9 @@ class Live:
             rng=rng,
             observer=observer,
         )
-        self.pods = informer(PODS, cluster.pods, skippable=cluster.pods.skippable)
+        self.pods = informer(
+            PODS, cluster.pods, skippable=cluster.pods.skippable, listable=cluster.pods.listable
+        )
         self.nodes = informer(NODES, cluster.nodes)
         self.probe = ApiProbe(
             self.api, staleness_seconds=staleness_seconds, on_recovered=self._wake, clock=clock

@@ -17,6 +17,7 @@ from extender.kube.kubeapi import (
 )
 from extender.kube.kubeauth import load_connection
 from tests.fakeapi import FakeApiServer
+from tests.objects import pod, port
 
 
 @pytest.fixture
@@ -43,6 +44,28 @@ async def test_list_all_follows_continue_tokens(fake: FakeApiServer, tmp_path: P
     assert [item["metadata"]["name"] for item in items] == ["n1", "n2"]
     assert rv == str(fake.rv)
     assert len([r for r in fake.requests if r.path == "/api/v1/nodes"]) == 2
+
+
+async def test_list_all_drops_the_items_keep_refuses_without_decoding_them(
+    fake: FakeApiServer, tmp_path: Path
+) -> None:
+    """`keep` sees each item's raw bytes; refused ones never reach the caller (pages of 1 and 3)."""
+    fake.put("pods", pod("web", node="n1", ports=[port(80, 80)]))
+    fake.put("pods", pod("batch", node="n1"))
+    fake.put("pods", pod("dns", node="n2", host_network=True))
+    seen: list[bytes] = []
+
+    def keep(raw: bytes) -> bool:
+        seen.append(raw)
+        return b"host" in raw
+
+    async with connect(fake, tmp_path) as api:
+        for limit in (1, 3):
+            seen.clear()
+            items, _rv = await api.list_all("/api/v1/pods", limit=limit, keep=keep)
+            assert sorted(item["metadata"]["name"] for item in items) == ["dns", "web"]
+            assert len(seen) == 3
+            assert any(b'"batch"' in raw for raw in seen)
 
 
 async def test_status_errors_carry_status_and_reason(fake: FakeApiServer, tmp_path: Path) -> None:

@@ -152,13 +152,17 @@ async def test_index_equals_the_truth_after_sync_and_after_faults(stack: LiveSta
     fake.break_streams(partial_line=b'{"type":')
     fake.remove("pods", "default/metrics")
     await eventually(stack.in_sync)
+    fake.put("pods", pod("web", node="n2", ports=[port(8080, 8080)]))
+    await eventually(stack.in_sync)
     await fake.go_down()
     fake.put("pods", pod("dns", node="n2", ports=[port(53, 53, "UDP")]))
+    fake.put("pods", pod("web", node="n2"))  # its port gone: the relist does not even decode it
     fake.remove("nodes", "n3")
     fake.compact()
     await fake.come_up()
     await eventually(stack.in_sync)
     assert stack.live.pods.status().relists == 1
+    assert 8080 not in {claim[3] for claim in stack.cluster.index.fingerprint()}
 
 
 async def test_readiness_flips_with_sync_and_staleness(tmp_path: Path, aiohttp_client: Any) -> None:
