@@ -143,10 +143,10 @@ class PortIndex:
         self._spread_scores: dict[str, int] = {}
         self._shared: set[tuple[str, int, str]] = set()
         """(protocol, port, node) of point-table entries holding claims of several owners."""
-        self._firsts: dict[int, tuple[NodeClaims, dict[str, Claim]]] = {}
-        """id(table) -> (table, node -> its first claim): a port held on every node (a
-        DaemonSet's) is answered by copying this instead of walking 5,000 scattered claim lists
-        per filter call. Built by a query, dropped by the table's next write."""
+        self._firsts: dict[int, _TableFirsts] = {}
+        """id(table) -> the table's first claims: a port held on every node (a DaemonSet's) is
+        answered by copying this instead of walking 5,000 scattered claim lists per filter
+        call. Built by a query, dropped by the table's next write."""
         self.cluster_reserved: tuple[Claim, ...] = tuple(cluster_reserved)
         self._clock = clock
         self._udp_window = udp_switch_window
@@ -339,12 +339,12 @@ class PortIndex:
         ignored_nodes = {
             owned.node for owner in ignore_owners if (owned := self._owners.get(owner))
         }
-        found: dict[str, Claim] = {}
+        answers: list[dict[str, Claim]] = []
         for want in wanted:
             for reserved in self.cluster_reserved:
                 if want.collides(reserved) and reserved.owner not in ignore_owners:
                     every = candidates if candidates is not None else self.node_names()
-                    _merge(found, dict.fromkeys(every, reserved))
+                    answers.append(dict.fromkeys(every, reserved))
                     break
             for nodes in self._tables_for(want):
                 collisions = _collisions(
@@ -355,7 +355,15 @@ class PortIndex:
                     ignored_nodes,
                     first_claims=self._first_claims,
                 )
-                _merge(found, collisions)
+                if collisions:
+                    answers.append(collisions)
+        if len(answers) == 1:
+            # One table answered alone (a TableConflicts, when it was a whole port table: its
+            # reasons and kinds are cached too); nothing to merge, nothing to copy again.
+            return answers[0]
+        found: dict[str, Claim] = {}
+        for collisions in answers:
+            _merge(found, collisions)
         return found
 
     def conflicts_on(
@@ -401,11 +409,10 @@ class PortIndex:
     def _first_claims(self, nodes: NodeClaims) -> dict[str, Claim]:
         """node -> first claim of one table, as a fresh dict (the caller may change it)."""
         cached = self._firsts.get(id(nodes))
-        if cached is not None and cached[0] is nodes:
-            return cached[1].copy()
-        firsts = {node: claims[0] for node, claims in nodes.items()}
-        self._firsts[id(nodes)] = (nodes, firsts)
-        return firsts.copy()
+        if cached is None or cached.table is not nodes:
+            cached = _TableFirsts(nodes, {node: claims[0] for node, claims in nodes.items()})
+            self._firsts[id(nodes)] = cached
+        return TableConflicts(cached)
 
     def _tables_for(self, want: Claim) -> Iterator[NodeClaims]:
         span = want.last - want.first + 1
@@ -557,6 +564,46 @@ class _Scope:
             given = self.given
             self._as_set = given if isinstance(given, AbstractSet) else set(given or ())
         return self._as_set
+
+
+@dataclass(slots=True)
+class _TableFirsts:
+    """One port table's first claim per node, and what a filter derives from them, each built
+    at most once between two writes to the table."""
+
+    table: NodeClaims
+    claims: dict[str, Claim]
+    reasons: dict[str, str] | None = None
+    kinds: dict[ClaimKind, int] | None = None
+
+
+class TableConflicts(dict[str, Claim]):
+    """`conflicts()` answered by one whole port table (a copy of its first claims), e.g. a port a
+    DaemonSet holds on every node: the rejection reasons and the count per kind come from the
+    table's cache instead of one attribute read per node's claim (~0.8 ms at 5,000 nodes)."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: _TableFirsts) -> None:
+        super().__init__(source.claims)
+        self._source = source
+
+    def reasons(self) -> dict[str, str]:
+        """node -> reason, for every node of this answer (a fresh dict)."""
+        source = self._source
+        if source.reasons is None:
+            source.reasons = {node: claim.reason for node, claim in source.claims.items()}
+        return source.reasons.copy()
+
+    def kinds(self) -> dict[ClaimKind, int]:
+        """How many nodes of this answer are held by each kind of claim."""
+        source = self._source
+        if source.kinds is None:
+            counts: dict[ClaimKind, int] = {}
+            for claim in source.claims.values():
+                counts[claim.kind] = counts.get(claim.kind, 0) + 1
+            source.kinds = counts
+        return dict(source.kinds)
 
 
 def _collisions(

@@ -260,7 +260,7 @@ _KIND_OF = operator.attrgetter("kind")
 
 def _count_rejections(metrics: Metrics, verdict: FilterVerdict, rejected: dict[str, str]) -> None:
     # One counter update per kind, not per node: a filter over 5,000 nodes stays cheap.
-    kinds = Counter(map(_KIND_OF, verdict.held.values()))
+    kinds = Counter(verdict.held_kinds or map(_KIND_OF, verdict.held.values()))
     in_flight_only = len(rejected) - len(verdict.held)
     if in_flight_only:
         kinds[ClaimKind.IN_FLIGHT] += in_flight_only

@@ -9,6 +9,7 @@ import pytest
 from extender.core.cluster import Cluster
 from extender.core.decisions import filter_pod
 from extender.core.pods import decode_pod, workload_of
+from extender.core.ports import ClaimKind
 from extender.settings import Settings
 from tests.objects import RawDict, node, pod, port
 
@@ -175,3 +176,49 @@ def test_distinct_reasons_are_bounded_by_workloads_not_nodes() -> None:
     assert set(filter_pod(cluster, only_2703, names).final().values()) == {
         "2703/TCP on every address held by hostNetwork pods of DaemonSet scale/agent"
     }
+
+
+def naive_rejections(cluster: Cluster, raw_pod: RawDict, names: list[str]) -> dict[str, str]:
+    """node -> reason, read claim by claim (what the cached table answer must equal)."""
+    incoming = decode_pod(raw_pod, strict=True)
+    held = cluster.index.conflicts(incoming.wanted, names, (incoming.uid,))
+    return {node: claim.reason for node, claim in held.items()}
+
+
+def test_a_port_held_everywhere_answers_from_the_table_cache_and_follows_writes() -> None:
+    """The reasons and kind counts of a port held on every node are cached with its table, and
+    every write to the table (a holder added, replaced, gone) is seen by the next filter."""
+    cluster, names = agent_cluster(50)
+    wants_2703 = pod("statsd", host_network=True, ports=[port(2703)])
+    incoming = decode_pod(wants_2703, strict=True)
+
+    def verdict() -> tuple[dict[str, str], dict[Any, int] | None]:
+        found = filter_pod(cluster, incoming, names)
+        return found.final(), dict(found.held_kinds) if found.held_kinds is not None else None
+
+    rejected, kinds = verdict()
+    assert rejected == naive_rejections(cluster, wants_2703, names)
+    assert len(rejected) == 50
+    assert kinds == {ClaimKind.HOST_NETWORK: 50}
+    assert verdict()[0] == rejected  # answered again from the cache: the same
+    # A write to the table: node-00007's agent is replaced by a hostPort pod of another workload.
+    cluster.pods.delete(cluster_pod(cluster, "node-00007"))
+    assert "node-00007" not in verdict()[0]
+    cluster.pods.upsert(
+        owned(pod("proxy", namespace="edge", node="node-00007", ports=[port(2703, 2703)]),
+              "DaemonSet", "proxy")
+    )  # fmt: skip
+    rejected, kinds = verdict()
+    assert rejected == naive_rejections(cluster, wants_2703, names)
+    assert rejected["node-00007"].endswith("held by hostPort pods of DaemonSet edge/proxy")
+    assert kinds == {ClaimKind.HOST_NETWORK: 49, ClaimKind.HOST_PORT: 1}
+    cluster.pods.delete(cluster_pod(cluster, "node-00008"))
+    rejected, kinds = verdict()
+    assert "node-00008" not in rejected
+    assert kinds == {ClaimKind.HOST_NETWORK: 48, ClaimKind.HOST_PORT: 1}
+
+
+def cluster_pod(cluster: Cluster, node_name: str) -> RawDict:
+    """The raw agent pod of agent_cluster() on `node_name`, as a DELETED event carries it."""
+    index = int(node_name.split("-")[1])
+    return pod(f"agent-{index:05d}", namespace="scale", node=node_name, host_network=True)
