@@ -622,6 +622,15 @@ def _collisions(
     want on nodes where the pod itself holds nothing, is a single comprehension.
     """
     given = scope.given
+    if ignored_nodes:
+        # Only the nodes where an ignored owner (the pod itself) holds a claim *in this table*
+        # need the slow path; a pod bound elsewhere on other ports leaves this table's fast
+        # answer (and its cached reasons) intact.
+        ignored_nodes = {
+            node
+            for node in ignored_nodes
+            if any(claim.owner in ignore_owners for claim in nodes.get(node, ()))
+        }
     keys: Iterable[str]
     if given is None or (not scope.exact and len(given) >= len(nodes)):
         if want.ip == WILDCARD and not ignored_nodes:

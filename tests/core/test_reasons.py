@@ -222,3 +222,22 @@ def cluster_pod(cluster: Cluster, node_name: str) -> RawDict:
     """The raw agent pod of agent_cluster() on `node_name`, as a DELETED event carries it."""
     index = int(node_name.split("-")[1])
     return pod(f"agent-{index:05d}", namespace="scale", node=node_name, host_network=True)
+
+
+def test_a_pod_bound_elsewhere_keeps_the_table_fast_path_and_never_rejects_itself() -> None:
+    """The incoming pod holds 9000 on node-00003 and 2703 on node-00004 (as a bound pod does
+    when the scheduler asks about it again): it is not rejected where it holds 2703 itself, the
+    other nodes' reasons equal the claim-by-claim ones, and for a port it holds nowhere the
+    cached table answer still applies."""
+    cluster, names = agent_cluster(20)
+    cluster.pods.delete(cluster_pod(cluster, "node-00004"))
+    cluster.pods.upsert(pod("statsd", node="node-00003", ports=[port(9000, 9000)]))
+    wants_2703 = pod("statsd", host_network=True, ports=[port(2703)])
+    found = filter_pod(cluster, decode_pod(wants_2703, strict=True), names)
+    assert "node-00004" in found.passed  # nobody holds 2703 there
+    assert found.final() == naive_rejections(cluster, wants_2703, names)
+    assert found.held_kinds == {ClaimKind.HOST_NETWORK: 19}  # the table's cache answered
+    cluster.pods.upsert(pod("statsd", node="node-00004", ports=[port(2703, 2703)]))
+    again = filter_pod(cluster, decode_pod(wants_2703, strict=True), names)
+    assert "node-00004" in again.passed  # its own claim there does not reject it
+    assert again.final() == naive_rejections(cluster, wants_2703, names)
