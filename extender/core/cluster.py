@@ -17,7 +17,12 @@ from dataclasses import dataclass
 import orjson
 
 from extender.core.inflight import InFlight
-from extender.core.podline import may_claim_ports, portless_pod_event
+from extender.core.podline import (
+    may_claim_ports,
+    pod_event_head,
+    portless_pod_event,
+    raw_port_shape,
+)
 from extender.core.pods import (
     LISTEN_ANNOTATION,
     PROTECTED_ANNOTATION,
@@ -353,9 +358,15 @@ class _PodSink:
         self._cluster = cluster
         self._shapes: dict[str, tuple[int, PodPorts]] = {}
         """uid -> (port shape of the raw pod, the record decoded from it), for held pods."""
+        self._line_shapes: dict[str, tuple[int, PodPorts]] = {}
+        """uid -> (raw_port_shape of its last applied watch line, the record held after it)."""
+        self._line_seen: tuple[str, int] | None = None
+        """(uid, raw shape) of the watch line `skippable` just let through: the informer
+        decodes and upserts exactly that line next."""
 
     def upsert(self, raw: RawObject) -> None:
         if not self._matters(raw):
+            self._line_seen = None
             return
         # Most events of a pod holding ports are status updates: when everything the decoder
         # reads is as it was for the record we hold, decoding again would give that record.
@@ -369,25 +380,40 @@ class _PodSink:
             and cluster.pods_by_uid.get(uid) is known[1]
             and not cluster.has_reservation(uid)
         ):
+            self._remember_line(uid)
             return
         pod = decode_pod(raw)
         cluster.apply_pod(pod)
         self._remember(pod, shape)
+        self._remember_line(uid)
+
+    def _remember_line(self, uid: str) -> None:
+        """Note the raw shape of the watch line just applied, against the record now held."""
+        seen, self._line_seen = self._line_seen, None
+        held = self._cluster.pods_by_uid.get(uid)
+        if seen is not None and seen[0] == uid and held is not None:
+            self._line_shapes[uid] = (seen[1], held)
+        else:
+            self._line_shapes.pop(uid, None)
 
     def delete(self, raw: RawObject) -> None:
         uid = pod_uid(raw)
         self._shapes.pop(uid, None)
+        self._line_shapes.pop(uid, None)
+        self._line_seen = None
         self._cluster.remove_pod(uid)
 
     def replace(self, raws: list[RawObject]) -> None:
         # Pods that never held ports are not in the index, so leaving them out of the relist
         # still releases exactly the pods that vanished.
         self._shapes.clear()
+        self._line_shapes.clear()
         self._cluster.replace_pods(decode_pod(raw) for raw in raws if self._matters(raw))
 
     def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
         """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s."""
         self._shapes.clear()
+        self._line_shapes.clear()
         fresh: set[str] = set()
         for raw in consumed(raws):
             if self._matters(raw):
@@ -411,12 +437,32 @@ class _PodSink:
 
         A pod that claims no host port and that we hold nothing for changes nothing whatever
         the event (see extender/core/podline.py): the informer only moves its resourceVersion,
-        without decoding the line. Any other line is decoded and applied as usual.
+        without decoding the line. So does a status update of a pod we hold when the raw bytes
+        of everything the decoder reads are as they were in its last applied line, and the
+        record we hold is still the one that line gave (podline.raw_port_shape). Any other line
+        is decoded and applied as usual.
         """
+        self._line_seen = None
         event = portless_pod_event(line)
-        if event is None or self._cluster.holds_pod(event.uid):
+        if event is not None:
+            return None if self._cluster.holds_pod(event.uid) else event.resource_version
+        head = pod_event_head(line)
+        if head is None or head.type != "MODIFIED":
             return None
-        return event.resource_version
+        shape = raw_port_shape(line)
+        if shape is None:
+            return None
+        known = self._line_shapes.get(head.uid)
+        cluster = self._cluster
+        if (
+            known is not None
+            and known[0] == shape
+            and cluster.pods_by_uid.get(head.uid) is known[1]
+            and not cluster.has_reservation(head.uid)
+        ):
+            return head.resource_version
+        self._line_seen = (head.uid, shape)
+        return None
 
     def listable(self, raw: bytes) -> bool:
         """Whether a raw item of a (re)list is worth decoding: False if it cannot claim a port.

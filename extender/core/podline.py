@@ -54,7 +54,15 @@ def portless_pod_event(line: bytes) -> PortlessPodEvent | None:
     Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
     sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
     """
-    if may_claim_ports(line) or not line.rstrip().endswith(b"}}"):
+    if may_claim_ports(line):
+        return None
+    return pod_event_head(line)
+
+
+def pod_event_head(line: bytes) -> PortlessPodEvent | None:
+    """The event type, UID and resourceVersion of a pod watch line, read from the flat head of
+    its metadata (None: not in the API server's shape; decode it). Says nothing of its ports."""
+    if not line.rstrip().endswith(b"}}"):
         return None
     found = next(((kind, head) for kind, head in _EVENT_HEADS if line.startswith(head)), None)
     if found is None:
@@ -75,6 +83,38 @@ def portless_pod_event(line: bytes) -> PortlessPodEvent | None:
     if uid is None or resource_version is None:
         return None
     return PortlessPodEvent(kind, uid, resource_version)
+
+
+_SPEC = b',"spec":{'
+_STATUS = b'},"status":{'
+_PORT_ANNOTATIONS = re.compile(rb'"hostports\.dev/(?:listen|protected)":"(?:[^"\\]|\\.)*"')
+_PHASE = re.compile(rb'"phase":"[^"\\]*"')
+
+
+def raw_port_shape(line: bytes) -> int | None:
+    """A digest of the raw bytes of everything `decode_pod` reads beyond the UID (None: the
+    line is not in the shape this relies on), for a pod watch line.
+
+    The same fields as the cluster's decoded-object digest: the whole spec, the two
+    `hostports.dev/` annotations and the phase. In the API server's key order an object is
+    metadata, spec, status: the first `,"spec":{` is the spec's key (metadata holds no other
+    unescaped `"spec"`; managedFields say `"f:spec"`), and the last `},"status":{` closes the
+    spec (status is the last key). Anything the cut includes by mistake (a nested "status" in
+    the status, a label named like the annotations) only makes the digest change more often,
+    never less: a changed pod is always decoded.
+    """
+    spec_at = line.find(_SPEC)
+    status_at = line.rfind(_STATUS)
+    if spec_at < 0 or status_at < spec_at:
+        return None
+    phase = _PHASE.search(line, status_at)
+    return hash(
+        (
+            line[spec_at:status_at],
+            tuple(_PORT_ANNOTATIONS.findall(line, 0, spec_at)),
+            phase.group() if phase is not None else None,
+        )
+    )
 
 
 def _string_field(flat: bytes, key: bytes) -> str | None:

@@ -98,6 +98,11 @@ SHAPES: list[RawDict] = [
     pod("p", node="n1", annotations={"example.com/note": "hostPort-free"}),
     pod("p", node="n1", sidecar_ports=[port(15000, 15000)]),
     pod("p", node="n1", ports=[port(80, 80)], phase="Succeeded"),
+    pod("p", node="n1", ports=[port(80, 80)])
+    | {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
+    pod("p", node="n1", ports=[port(80, 80)], phase="Running"),
+    pod("p", node="n1", ports=[port(80, 80)], annotations={"hostports.dev/protected": "true"}),
+    pod("p", node="n1", ports=[port(80, 80)], annotations={"hostports.dev/listen": "22"}),
     pod("p", node="", ports=[port(80, 80)]),
 ]
 
@@ -178,3 +183,41 @@ def test_deleting_a_held_pod_that_lost_its_ports_is_still_applied() -> None:
     cluster.pods.delete(cleared)
     assert not cluster.holds_pod("uid-p")
     assert cluster.pods.skippable(line("DELETED", cleared)) == "6"
+
+
+def test_a_status_update_of_a_held_pod_is_skipped_and_any_port_change_is_not() -> None:
+    """After a held pod's line was applied, a line differing only in status conditions (and
+    resourceVersion, managedFields) is skipped; one changing the spec, the port annotations or
+    the phase is decoded, and so is anything after a DELETED or for a reserved pod."""
+    cluster = Cluster(Settings())
+    protected = {"hostports.dev/protected": "true"}
+    base = pod("p", node="n1", ports=[port(80, 80)], annotations=protected)
+
+    def event(rv: int, raw: RawDict, kind: str = "MODIFIED") -> str | None:
+        encoded = line(kind, go_ordered(raw, str(rv)))
+        skipped = cluster.pods.skippable(encoded)
+        if skipped is None:
+            apply_decoded(cluster, kind, orjson.loads(encoded)["object"])
+        return skipped
+
+    def status(tick: int) -> RawDict:
+        return {"phase": "Running", "conditions": [{"type": "Ready", "lastProbeTime": str(tick)}]}
+
+    assert event(1, base, "ADDED") is None
+    assert event(2, base | {"status": status(2)}) is None  # first MODIFIED: shape learnt
+    record = cluster.pods_by_uid["uid-p"]
+    assert event(3, base | {"status": status(3)}) == "3"
+    managed = dict(base, metadata=base["metadata"] | {"managedFields": [{"manager": "kubelet"}]})
+    assert event(4, managed | {"status": status(4)}) == "4"
+    assert cluster.pods_by_uid["uid-p"] is record
+    moved = pod("p", node="n1", ports=[port(81, 81)], annotations=protected)
+    assert event(5, moved | {"status": status(5)}) is None  # the spec changed
+    assert {claim[3] for claim in cluster.index.fingerprint()} >= {81}
+    relabelled = dict(moved, metadata=moved["metadata"] | {"annotations": {}})
+    assert event(6, relabelled | {"status": status(6)}) is None  # the annotation went
+    assert event(7, relabelled | {"status": status(7) | {"phase": "Succeeded"}}) is None
+    assert "uid-p" not in cluster.pods_by_uid  # finished: released
+    assert event(8, base | {"status": status(8)}) is None  # running again: held again
+    assert event(9, base | {"status": status(9)}) == "9"
+    cluster.in_flight.hold(cluster.pods_by_uid["uid-p"], ["n1"], cluster.clock() + 60)
+    assert event(10, base | {"status": status(10)}) is None  # a reservation: always decoded
