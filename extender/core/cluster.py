@@ -18,6 +18,7 @@ import orjson
 
 from extender.core.inflight import InFlight
 from extender.core.podline import (
+    list_item_uid,
     may_claim_ports,
     pod_event_head,
     portless_pod_event,
@@ -358,15 +359,19 @@ class _PodSink:
         self._cluster = cluster
         self._shapes: dict[str, tuple[int, PodPorts]] = {}
         """uid -> (port shape of the raw pod, the record decoded from it), for held pods."""
-        self._line_shapes: dict[str, tuple[int, PodPorts]] = {}
-        """uid -> (raw_port_shape of its last applied watch line, the record held after it)."""
+        self._line_shapes: dict[str, tuple[int, PodPorts | None]] = {}
+        """uid -> (raw_port_shape of its last applied watch line or list item, the record held
+        after it, None if it held nothing: a hostNetwork pod without ports is still decoded
+        once, not on every status update)."""
+        self._listed_shapes: dict[str, int] = {}
+        """uid -> raw_port_shape of its item in the list being fetched (see `listable`)."""
         self._line_seen: tuple[str, int] | None = None
         """(uid, raw shape) of the watch line `skippable` just let through: the informer
         decodes and upserts exactly that line next."""
 
     def upsert(self, raw: RawObject) -> None:
         if not self._matters(raw):
-            self._line_seen = None
+            self._remember_line(pod_uid(raw))  # holds nothing: skip its next identical line
             return
         # Most events of a pod holding ports are status updates: when everything the decoder
         # reads is as it was for the record we hold, decoding again would give that record.
@@ -390,9 +395,8 @@ class _PodSink:
     def _remember_line(self, uid: str) -> None:
         """Note the raw shape of the watch line just applied, against the record now held."""
         seen, self._line_seen = self._line_seen, None
-        held = self._cluster.pods_by_uid.get(uid)
-        if seen is not None and seen[0] == uid and held is not None:
-            self._line_shapes[uid] = (seen[1], held)
+        if seen is not None and seen[0] == uid:
+            self._line_shapes[uid] = (seen[1], self._cluster.pods_by_uid.get(uid))
         else:
             self._line_shapes.pop(uid, None)
 
@@ -408,6 +412,7 @@ class _PodSink:
         # still releases exactly the pods that vanished.
         self._shapes.clear()
         self._line_shapes.clear()
+        self._listed_shapes.clear()
         self._cluster.replace_pods(decode_pod(raw) for raw in raws if self._matters(raw))
 
     def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
@@ -415,15 +420,23 @@ class _PodSink:
         self._shapes.clear()
         self._line_shapes.clear()
         fresh: set[str] = set()
+        listed, self._listed_shapes = self._listed_shapes, {}
         for raw in consumed(raws):
             if self._matters(raw):
                 pod = decode_pod(raw)
                 fresh.add(pod.uid)
                 self._cluster.apply_pod(pod)
                 self._remember(pod, _port_shape(raw))
+                self._remember_listed(pod.uid, listed.get(pod.uid))
             del raw  # freed in this step (see consumed)
             yield
         yield from self._cluster.release_pods_in_steps(fresh)
+
+    def _remember_listed(self, uid: str, shape: int | None) -> None:
+        """A listed pod's raw shape, against the record now held: its next status update can
+        be skipped from the raw line as if that line followed a watch line (see skippable)."""
+        if shape is not None:
+            self._line_shapes[uid] = (shape, self._cluster.pods_by_uid.get(uid))
 
     def _remember(self, pod: PodPorts, shape: int | None) -> None:
         """Note the shape `pod` was decoded from, while the cluster holds exactly that record."""
@@ -445,7 +458,10 @@ class _PodSink:
         self._line_seen = None
         event = portless_pod_event(line)
         if event is not None:
-            return None if self._cluster.holds_pod(event.uid) else event.resource_version
+            if self._cluster.holds_pod(event.uid):
+                return None
+            self._line_shapes.pop(event.uid, None)  # it named ports once: nothing to keep now
+            return event.resource_version
         head = pod_event_head(line)
         if head is None or head.type != "MODIFIED":
             return None
@@ -467,12 +483,22 @@ class _PodSink:
     def listable(self, raw: bytes) -> bool:
         """Whether a raw item of a (re)list is worth decoding: False if it cannot claim a port.
 
+        For one that is, its raw shape is noted, so that its first status update after the list
+        can be skipped like the later ones (podline.raw_port_shape: the same for the item and for
+        a watch line of the same object state).
+
         Such a pod never enters the index, and if the index holds it from before, leaving it out
         of the list releases it at the end of the relist, as applying it would: the same state,
         without decoding the ~90% of a cluster's pods that claim no host port (see
         extender/core/podline.py for why the words decide it).
         """
-        return may_claim_ports(raw)
+        if not may_claim_ports(raw):
+            return False
+        uid = list_item_uid(raw)
+        shape = raw_port_shape(raw) if uid is not None else None
+        if uid is not None and shape is not None:
+            self._listed_shapes[uid] = shape
+        return True
 
     def _matters(self, raw: RawObject) -> bool:
         """Whether `raw` can change the index: it may hold ports, or it did until now."""

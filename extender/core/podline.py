@@ -68,21 +68,34 @@ def pod_event_head(line: bytes) -> PortlessPodEvent | None:
     if found is None:
         return None
     kind, head = found
-    start = len(head)
-    # metadata's leading scalars end at its first nested value or at its own end.
-    ends = [
-        i
-        for i in (line.find(b"{", start), line.find(b"[", start), line.find(b"}", start))
-        if i >= 0
-    ]
-    if not ends:
-        return None
-    flat = line[start : min(ends)]
+    flat = _metadata_head(line, len(head))
     uid = _string_field(flat, b'"uid":')
     resource_version = _string_field(flat, b'"resourceVersion":')
     if uid is None or resource_version is None:
         return None
     return PortlessPodEvent(kind, uid, resource_version)
+
+
+_ITEM_HEADS = (b'{"metadata":{', b'{"kind":"Pod","apiVersion":"v1","metadata":{')
+"""How a pod in a list's items starts (the API server leaves kind out of typed list items)."""
+
+
+def list_item_uid(item: bytes) -> str | None:
+    """The UID of a pod list item, from the flat head of its metadata (None: not found)."""
+    head = next((head for head in _ITEM_HEADS if item.startswith(head)), None)
+    if head is None:
+        return None
+    return _string_field(_metadata_head(item, len(head)), b'"uid":')
+
+
+def _metadata_head(data: bytes, start: int) -> bytes:
+    """metadata's leading scalars: up to its first nested value or its own end."""
+    ends = [
+        i
+        for i in (data.find(b"{", start), data.find(b"[", start), data.find(b"}", start))
+        if i >= 0
+    ]
+    return data[start : min(ends)] if ends else b""
 
 
 _SPEC = b',"spec":{'
@@ -93,7 +106,8 @@ _PHASE = re.compile(rb'"phase":"[^"\\]*"')
 
 def raw_port_shape(line: bytes) -> int | None:
     """A digest of the raw bytes of everything `decode_pod` reads beyond the UID (None: the
-    line is not in the shape this relies on), for a pod watch line.
+    line is not in the shape this relies on), for a pod watch line or a pod list item (the
+    same object state gives the same digest in both).
 
     The same fields as the cluster's decoded-object digest: the whole spec, the two
     `hostports.dev/` annotations and the phase. In the API server's key order an object is

@@ -221,3 +221,22 @@ def test_a_status_update_of_a_held_pod_is_skipped_and_any_port_change_is_not() -
     assert event(9, base | {"status": status(9)}) == "9"
     cluster.in_flight.hold(cluster.pods_by_uid["uid-p"], ["n1"], cluster.clock() + 60)
     assert event(10, base | {"status": status(10)}) is None  # a reservation: always decoded
+
+
+@pytest.mark.parametrize("typed_item", [True, False])
+def test_after_a_list_the_first_status_update_is_skipped_too(typed_item: bool) -> None:
+    """A listed pod's raw item gives the same shape as a watch line of the same object, so its
+    first status update after a (re)list is skipped; a spec change is not."""
+    cluster = Cluster(Settings())
+    raw = go_ordered(pod("p", node="n1", ports=[port(80, 80)]), "5")
+    if typed_item:  # the API server leaves kind and apiVersion out of list items
+        raw = {key: value for key, value in raw.items() if key not in ("kind", "apiVersion")}
+    item = orjson.dumps(raw)
+    assert cluster.pods.listable(item)
+    assert not cluster.pods.listable(orjson.dumps(go_ordered(pod("q", node="n1"), "5")))
+    list(cluster.pods.replace_in_steps([orjson.loads(item)]))
+    ready = go_ordered(pod("p", node="n1", ports=[port(80, 80)]), "6")
+    ready["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    assert cluster.pods.skippable(line("MODIFIED", ready)) == "6"
+    moved = go_ordered(pod("p", node="n2", ports=[port(80, 80)]), "7")
+    assert cluster.pods.skippable(line("MODIFIED", moved)) is None
