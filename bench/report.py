@@ -301,7 +301,8 @@ def markdown(lines: Sequence[Line], command: str, context: Line) -> str:
                 "",
                 f"Ingest ({line['pods']:,} pods, {line['nodes']:,} nodes, pages of 500 cut into "
                 f"items, those that may claim a port decoded with orjson and upserted): "
-                f"decode {line['decode_s']:.2f} s + index {line['index_s']:.2f} s; {line['pods_with_host_ports']:,} pods kept for their "
+                f"decode {line['decode_s']:.2f} s + index {line['index_s']:.2f} s; "
+                f"{line['pods_with_host_ports']:,} pods kept for their "
                 f"host ports; RSS {line['rss_before_mb']:.0f} MB before, "
                 f"{line['rss_after_mb']:.0f} MB after, peak {line['peak_rss_mb']:.0f} MB; "
                 f"{line['events']:,} watch events at {line['events_per_s']:,.0f} events/s.",
