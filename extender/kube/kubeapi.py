@@ -231,25 +231,9 @@ class KubeApi:
             "PATCH", path, body=raw_patch, content_type="application/merge-patch+json"
         )
 
-    async def _json(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: RawObject | None = None,
-        content_type: str = "application/json",
-        total_seconds: float | None = None,
-    ) -> RawObject:
-        data = await self._read(
-            method,
-            path,
-            params=params,
-            body=body,
-            content_type=content_type,
-            total_seconds=total_seconds,
-        )
-        return _decode_object(method, path, data)
+    async def _json(self, method: str, path: str, **options: Any) -> RawObject:
+        """`_read`'s answer as a JSON object (the options are `_read`'s)."""
+        return _decode_object(method, path, await self._read(method, path, **options))
 
     async def _read(
         self,
