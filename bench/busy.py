@@ -1,6 +1,7 @@
 """The busy-cluster benchmark: a serial scheduler's throughput while pod events stream in.
 
-    .venv/bin/python -m bench.busy [--quick] [--sizes 300,1000,5000]
+    .venv/bin/python -m bench.busy [--quick] [--sizes 300,1000,5000] [--pods-per-node 30]
+        [--profile | --gc-pauses]
 
 Four processes on loopback: the fake API server (bench/busy_api.py, a generated 5,000-node
 cluster), our extender in live mode (`hostport-extender serve --kubeconfig ...`: real informers
@@ -142,8 +143,10 @@ class FakeApi:
 
 
 @contextmanager
-def fake_api(kubeconfig: Path, log: Path, seed: int) -> Iterator[FakeApi]:
-    fake = FakeApi(kubeconfig, log, NODES, PODS_PER_NODE, seed)
+def fake_api(
+    kubeconfig: Path, log: Path, seed: int, pods_per_node: int = PODS_PER_NODE
+) -> Iterator[FakeApi]:
+    fake = FakeApi(kubeconfig, log, NODES, pods_per_node, seed)
     try:
         yield fake
     finally:
@@ -486,6 +489,7 @@ def run(
     seed: int = 1,
     profile: Path | None = None,
     gc_only: bool = False,
+    pods_per_node: int = PODS_PER_NODE,
 ) -> list[dict[str, Any]]:
     """The whole busy-cluster benchmark; its JSON lines."""
     logs = out / "logs"
@@ -493,7 +497,7 @@ def run(
     with tempfile.TemporaryDirectory() as directory:
         kubeconfig = Path(directory) / "kubeconfig"
         started = time.perf_counter()
-        with fake_api(kubeconfig, logs / "busy-api.log", seed) as fake:
+        with fake_api(kubeconfig, logs / "busy-api.log", seed, pods_per_node) as fake:
             print(
                 f"busy: fake API up in {time.perf_counter() - started:.0f} s: {fake.banner}",
                 flush=True,
@@ -545,6 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gc-pauses", action="store_true", help="only record ours' collector pauses, same place"
     )
+    parser.add_argument(
+        "--pods-per-node",
+        type=int,
+        default=PODS_PER_NODE,
+        help=f"pods the fake generates per node, 5,000 nodes (default {PODS_PER_NODE}; 30 for "
+        "~150,000 pods)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.sizes:
@@ -561,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         profile=profile,
         gc_only=args.gc_pauses,
+        pods_per_node=args.pods_per_node,
     )
     for line in lines:
         sys.stdout.buffer.write(orjson.dumps(line) + b"\n")

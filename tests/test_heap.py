@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from extender.heap import collector_paused, loading
+from extender.heap import collector_paused, loading, refreeze
 
 
 @pytest.fixture
@@ -66,3 +67,35 @@ def test_a_pause_leaves_a_disabled_collector_disabled() -> None:
         assert gc.isenabled() is False
     finally:
         gc.enable()
+
+
+class _Cycle:
+    """An object in a reference cycle with itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_refreeze_collects_young_cycles_then_freezes_the_survivors(
+    collections: list[int],
+) -> None:
+    """What lives on is frozen; the cyclic garbage of the last requests is collected, not kept."""
+    kept = [[i] for i in range(1000)]
+    garbage = _Cycle()
+    gone = weakref.ref(garbage)
+    del garbage
+    frozen_before = gc.get_freeze_count()
+    assert refreeze()
+    assert gone() is None  # collected before the freeze
+    assert gc.get_freeze_count() >= frozen_before + len(kept)
+    assert 2 not in collections  # never a full collection
+
+
+def test_refreeze_waits_while_a_pause_is_open() -> None:
+    """Mid-relist the young generations hold the list being decoded: nothing is done then."""
+    frozen_before = gc.get_freeze_count()
+    with collector_paused():
+        survivor = [[i] for i in range(100)]
+        assert refreeze() is False
+        assert gc.get_freeze_count() == frozen_before
+    assert survivor

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from extender import heap
 from extender.core.cluster import Cluster
 from extender.core.decisions import (
     FLAT_SCORE,
@@ -111,7 +112,7 @@ def create_app(
 
 
 async def _upkeep(app: web.Application) -> AsyncIterator[None]:
-    """Expire reservations and stale observations while the app runs."""
+    """Expire reservations and stale observations, and refreeze the heap, while the app runs."""
     cluster = app[CLUSTER]
 
     async def sweep_forever() -> None:
@@ -119,11 +120,21 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
             cluster.sweep()
 
-    task = asyncio.create_task(sweep_forever(), name="cluster-sweep")
+    async def refreeze_forever() -> None:
+        while True:
+            await asyncio.sleep(heap.REFREEZE_SECONDS)
+            heap.refreeze()
+
+    tasks = [
+        asyncio.create_task(sweep_forever(), name="cluster-sweep"),
+        asyncio.create_task(refreeze_forever(), name="heap-refreeze"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @web.middleware
