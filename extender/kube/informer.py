@@ -407,13 +407,10 @@ class Informer:
 
     async def _replace_in_slices(self, sink: SteppedSink, items: list[RawObject]) -> None:
         """Hand a list over a step at a time, yielding to requests every SLICE_SECONDS of work."""
-        clock = time.perf_counter
-        started = clock()
+        slices = kubeapi.Slices()
         try:
             for _ in sink.replace_in_steps(items):
-                if clock() - started > kubeapi.SLICE_SECONDS:
-                    await asyncio.sleep(0)
-                    started = clock()
+                await slices.yield_if_due()
         except Exception:
             self._sink_errors += 1
             log.exception("%s: the sink rejected a list", self.resource.name)

@@ -39,6 +39,23 @@ ItemFilter = Callable[[bytes], bool]
 SLICE_SECONDS = 0.0005
 """Longest run of watch lines handled without letting other tasks (requests) run."""
 
+
+class Slices:
+    """Cuts a long run of work into slices of SLICE_SECONDS, letting other tasks (the
+    scheduler's requests) run between them: call `await slices.yield_if_due()` after each
+    step of the work."""
+
+    __slots__ = ("_started",)
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    async def yield_if_due(self) -> None:
+        if time.perf_counter() - self._started > SLICE_SECONDS:
+            await asyncio.sleep(0)
+            self._started = time.perf_counter()
+
+
 MAX_LINE_BYTES = 64 * 1024 * 1024
 """Longest watch line accepted: far above etcd's 1.5 MiB object limit, still a bound."""
 
@@ -165,11 +182,11 @@ class KubeApi:
         cut = cut_list(data)
         items = await _decode_in_slices(cut.items, keep) if cut is not None else None
         if cut is not None and items is not None:
-            raw_list = {**cut.envelope, "items": items}
+            page: object = items
+            metadata = cut.envelope.get("metadata")
         else:
             raw_list = _decode_object("GET", path, data)  # not cut, or cut wrong: whole
-        page = raw_list.get("items")
-        metadata = raw_list.get("metadata")
+            page, metadata = raw_list.get("items"), raw_list.get("metadata")
         if not isinstance(page, list | None) or not isinstance(metadata, dict):
             raise WatchStreamError(f"GET {path}: the answer is not a Kubernetes list")
         return page or [], metadata
@@ -357,7 +374,6 @@ class WatchStream:
         """Yield events until the server ends the stream cleanly; anything else raises."""
         partial = bytearray()  # the start of a line whose end has not arrived yet
         skippable = self._skippable
-        clock = time.perf_counter
         try:
             async for chunk in self._response.content.iter_any():
                 if b"\n" not in chunk:
@@ -373,7 +389,7 @@ class WatchStream:
                 else:
                     data = chunk
                 start = 0
-                slice_started = clock()
+                slices = Slices()
                 while (end := data.find(b"\n", start)) >= 0:
                     if end - start > self._max_line_bytes:
                         raise self._too_long()
@@ -383,9 +399,7 @@ class WatchStream:
                         continue
                     rv = skippable(line) if skippable is not None else None
                     yield _decode_event(line) if rv is None else _progress(rv)
-                    if clock() - slice_started > SLICE_SECONDS:
-                        await asyncio.sleep(0)  # let waiting requests run
-                        slice_started = clock()
+                    await slices.yield_if_due()
                 partial = bytearray(data[start:])
                 if len(partial) > self._max_line_bytes:
                     raise self._too_long()
@@ -433,8 +447,7 @@ async def _decode_in_slices(raws: list[bytes], keep: ItemFilter | None) -> list[
     """Each item `keep` accepts decoded, with a yield to other tasks every SLICE_SECONDS; None
     if one is not a whole JSON object (see listpage.decode_item)."""
     items: list[RawObject] = []
-    clock = time.perf_counter
-    slice_started = clock()
+    slices = Slices()
     for raw in raws:
         if keep is not None and not keep(raw):
             continue
@@ -442,9 +455,7 @@ async def _decode_in_slices(raws: list[bytes], keep: ItemFilter | None) -> list[
         if item is None:
             return None
         items.append(item)
-        if clock() - slice_started > SLICE_SECONDS:
-            await asyncio.sleep(0)
-            slice_started = clock()
+        await slices.yield_if_due()
     return items
 
 
