@@ -21,7 +21,6 @@ from extender.core.podline import (
     list_item_uid,
     may_claim_ports,
     pod_event_head,
-    portless_pod_event,
     raw_port_shape,
 )
 from extender.core.pods import (
@@ -456,14 +455,15 @@ class _PodSink:
         is decoded and applied as usual.
         """
         self._line_seen = None
-        event = portless_pod_event(line)
-        if event is not None:
-            if self._cluster.holds_pod(event.uid):
-                return None
-            self._line_shapes.pop(event.uid, None)  # it named ports once: nothing to keep now
-            return event.resource_version
         head = pod_event_head(line)
-        if head is None or head.type != "MODIFIED":
+        if head is None:
+            return None
+        if not may_claim_ports(line):
+            if self._cluster.holds_pod(head.uid):
+                return None
+            self._line_shapes.pop(head.uid, None)  # it named ports once: nothing to keep now
+            return head.resource_version
+        if head.type != "MODIFIED":
             return None
         shape = raw_port_shape(line)
         if shape is None:

@@ -62,8 +62,8 @@ def portless_pod_event(line: bytes) -> PortlessPodEvent | None:
 def pod_event_head(line: bytes) -> PortlessPodEvent | None:
     """The event type, UID and resourceVersion of a pod watch line, read from the flat head of
     its metadata (None: not in the API server's shape; decode it). Says nothing of its ports."""
-    if not line.rstrip().endswith(b"}}"):
-        return None
+    if not line.endswith(b"}}") and not line.rstrip().endswith(b"}}"):
+        return None  # (rstrip copies the line: only for the rare line with trailing space)
     found = next(((kind, head) for kind, head in _EVENT_HEADS if line.startswith(head)), None)
     if found is None:
         return None
