@@ -57,14 +57,13 @@ def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> 
     ignore = (pod.uid, in_flight_owner(pod.uid))
     held = cluster.index.conflicts(wanted, candidates, ignore, exact=False)
     passed = list(filterfalse(held.__contains__, candidates)) if held else list(candidates)
-    kinds: Mapping[ClaimKind, int] | None = None
     if len(candidates) - len(passed) != len(held):
         # Some holders were not candidates (or names repeat): keep the candidates' entries only.
         # A second C-level pass over the names (their hashes are cached by the first) finds
         # the rejected few; a comprehension over every candidate cost ~50 us at 1,000 names.
         held = {node: held[node] for node in filter(held.__contains__, candidates)}
-        rejected = {node: claim.reason for node, claim in held.items()}
-    elif isinstance(held, TableConflicts):
+    kinds: Mapping[ClaimKind, int] | None = None
+    if isinstance(held, TableConflicts):
         # One port table rejected exactly these candidates (a port held on every node): its
         # reasons and kind counts are cached with it, not read off 5,000 scattered claims.
         rejected, kinds = held.reasons(), held.kinds()
