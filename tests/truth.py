@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from extender.core.cluster import Cluster
 from extender.kube.informer import PODS
+from extender.kube.snapshot import load_objects
 from extender.settings import Settings
-from tests.fakeapi import FakeApiServer
+from tests.fakeapi import FakeApiServer, Pki
 
 
 def fresh_cluster(fake: FakeApiServer, settings: Settings | None = None) -> Cluster:
@@ -35,3 +37,18 @@ class Sleeper:
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
         await asyncio.sleep(0.01 if self.fast else delay)
+
+
+SAMPLE_CLUSTER = Path(__file__).resolve().parent.parent / "config" / "samples" / "cluster.yaml"
+"""The bundled sample cluster (`make run` serves it)."""
+
+
+def sample_api_server(pki_dir: Path, token: str) -> FakeApiServer:
+    """A fake API server over TLS holding the sample cluster's nodes and pods (not started)."""
+    fake = FakeApiServer(token=token, pki=Pki.create(pki_dir))
+    objects = load_objects([str(SAMPLE_CLUSTER)])
+    for raw in objects.nodes:
+        fake.put("nodes", raw)
+    for raw in objects.pods:
+        fake.put("pods", raw)
+    return fake

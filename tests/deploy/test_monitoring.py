@@ -33,10 +33,10 @@ import aiohttp
 import pytest
 import yaml
 
-from extender.kube.snapshot import load_objects
 from tests.conftest import REPO, start_command
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.pki import SERVICE_NAME, make_pki
+from tests.truth import sample_api_server
 from tests.webhook.test_guard import SCHEDULER, delete_review, victim
 from tests.webhook.test_webhook import pod, review
 
@@ -497,12 +497,7 @@ def test_every_dashboard_query_runs_in_prometheus(webhook_traffic: Scraped) -> N
 @pytest.fixture
 async def live_api(tmp_path: Path) -> AsyncIterator[tuple[FakeApiServer, Path]]:
     """The sample cluster behind the fake API server, and a kubeconfig for it."""
-    fake = FakeApiServer(token="t", pki=Pki.create(tmp_path / "pki"))
-    objects = load_objects([SAMPLE])
-    for raw in objects.nodes:
-        fake.put("nodes", raw)
-    for raw in objects.pods:
-        fake.put("pods", raw)
+    fake = sample_api_server(tmp_path / "pki", token="t")
     await fake.start()
     try:
         yield fake, fake.write_kubeconfig(tmp_path / "kubeconfig", token="t")

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from extender.kube.snapshot import load_objects
 from tests.conftest import REPO
-from tests.fakeapi import FakeApiServer, Pki
+from tests.fakeapi import FakeApiServer
+from tests.truth import sample_api_server
 
 SAMPLES = REPO / "config" / "samples"
 SAMPLE = str(SAMPLES / "cluster.yaml")
@@ -121,12 +121,7 @@ def test_help_names_the_kubectl_command() -> None:
 async def cluster_api(tmp_path: Path) -> AsyncIterator[tuple[FakeApiServer, Path]]:
     """The sample cluster behind the fake API server, and a kubeconfig whose current context
     points at a dead port while context `fake` (namespace `apps`) points at the server."""
-    fake = FakeApiServer(token="operator-token", pki=Pki.create(tmp_path / "pki"))
-    objects = load_objects([SAMPLE])
-    for raw in objects.nodes:
-        fake.put("nodes", raw)
-    for raw in objects.pods:
-        fake.put("pods", raw)
+    fake = sample_api_server(tmp_path / "pki", token="operator-token")
     await fake.start()
     path = fake.write_kubeconfig(tmp_path / "kubeconfig", token="operator-token")
     config: dict[str, Any] = yaml.safe_load(path.read_text())

@@ -16,14 +16,14 @@ from extender.cli import main
 from extender.core.cluster import Cluster
 from extender.errors import ExtenderError
 from extender.kube.kubeauth import load_connection
-from extender.kube.snapshot import load_objects
 from extender.server.app import create_app
 from extender.server.live import Live
 from extender.settings import Settings
 from extender.tools.source import list_live
 from tests.conftest import REPO
-from tests.fakeapi import FakeApiServer, Pki, eventually
+from tests.fakeapi import FakeApiServer, eventually
 from tests.objects import pod, port
+from tests.truth import sample_api_server
 
 SAMPLES = REPO / "config" / "samples"
 SAMPLE = str(SAMPLES / "cluster.yaml")
@@ -33,12 +33,7 @@ DAEMONSET = str(SAMPLES / "eks-pod-identity-agent-daemonset.yaml")
 @pytest.fixture
 async def cluster_api(tmp_path: Path) -> AsyncIterator[tuple[FakeApiServer, Path]]:
     """The sample cluster served by a fake API server over TLS, and a kubeconfig for it."""
-    fake = FakeApiServer(token="operator-token", pki=Pki.create(tmp_path / "pki"))
-    objects = load_objects([SAMPLE])
-    for raw in objects.nodes:
-        fake.put("nodes", raw)
-    for raw in objects.pods:
-        fake.put("pods", raw)
+    fake = sample_api_server(tmp_path / "pki", token="operator-token")
     await fake.start()
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", token="operator-token")
     try:
