@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from extender.core.cluster import Cluster
+from extender.eventloop import LoopFactory, loop_factory
 from extender.server.app import create_app
 from extender.server.binding import Binder, SnapshotBinder
 from extender.server.readiness import AlwaysReady, Readiness
@@ -31,6 +33,23 @@ hypothesis.settings.load_profile("shared-machine")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PAYLOADS = SHARED / "payloads"
+
+
+SERVE_TESTS = ("core", "kube", "server")
+"""The tests of the code `hostport-extender serve` runs; the rest (agent, webhook, tools) runs on
+asyncio in production."""
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, LoopFactory]:
+    """Each async test runs on the loop its code runs on in production: `serve`'s default
+    (uvloop, extender/eventloop.py) for the extender's layers, asyncio for the others (the node
+    agent's netlink sockets cannot be opened on uvloop)."""
+    part = item.path.relative_to(REPO / "tests").parts[0]
+    if part in SERVE_TESTS:
+        return {"uvloop": loop_factory("uvloop")}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def start_command(*argv: str) -> subprocess.Popen[str]:

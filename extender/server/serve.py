@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from extender import logs
+from extender import eventloop, logs
 from extender.core.cluster import Cluster
 from extender.errors import ExtenderError
 from extender.heap import loading
@@ -141,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     logs.configure_from_args(args)
     settings = settings_from_args(args)
+    new_loop = eventloop.loop_factory(settings.event_loop)
     tls_files = tls.files_from_args(args)
     ssl_context = tls.server_context(tls_files) if tls_files is not None else None
     ops_address = parse_listen(args.ops_listen) if args.ops_listen else None
@@ -165,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
         hint = SAMPLE_REQUEST if SAMPLE_REQUEST.exists() else None
     ops_app = create_ops_app(metrics, readiness) if ops_address is not None else None
     ops = (ops_app, *ops_address) if ops_app is not None and ops_address is not None else None
-    asyncio.run(serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops))
+    eventloop.run(
+        new_loop, serve_app(app, settings, summary, hint, ssl_context=ssl_context, ops=ops)
+    )
     return 0
 
 
@@ -197,6 +200,8 @@ async def serve_app(
     ops: tuple[web.Application, str, int] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly; `ops` is a second (app, host, port)."""
+    loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     runner = GuardedAppRunner(app, settings)
     await runner.setup()
     site = web.TCPSite(
@@ -242,7 +247,6 @@ async def serve_app(
             flush=True,
         )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)

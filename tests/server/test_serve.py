@@ -62,6 +62,35 @@ def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[st
 
 
 @pytest.mark.parametrize(
+    ("flags", "loop_class"),
+    [
+        ([], "uvloop.Loop"),
+        (["--event-loop", "asyncio"], "asyncio.unix_events._UnixSelectorEventLoop"),
+    ],
+)
+def test_serve_answers_on_the_event_loop_it_is_given(flags: list[str], loop_class: str) -> None:
+    """uvloop by default, the standard library's loop on request: either way the sample's
+    rejection is answered, and the log names the loop the process really runs on."""
+    process = start_command("serve", "--snapshot", str(SAMPLE), "--listen", "127.0.0.1:0", *flags)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        url = re.search(r"on (http://127\.0\.0\.1:\d+)", process.stdout.readline())
+        assert url is not None
+        request = urllib.request.Request(
+            f"{url.group(1)}/filter",
+            data=(REPO / "config" / "samples" / "filter-pod-identity-agent.json").read_bytes(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["NodeNames"] == ["ip-10-0-1-14.ec2.internal"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    assert f"event loop: {loop_class}" in process.stderr.read()
+
+
+@pytest.mark.parametrize(
     ("argv", "fragment"),
     [
         (["serve", "--snapshot", "/nonexistent.yaml"], "cannot read snapshot /nonexistent.yaml"),
@@ -69,6 +98,10 @@ def test_serve_prints_address_and_a_curl_that_shows_a_rejection(served: tuple[st
         (
             ["serve", "--snapshot", str(SAMPLE), "--cluster-reserved-ports", "80/XTP"],
             "cluster_reserved_ports",
+        ),
+        (
+            ["serve", "--snapshot", str(SAMPLE), "--event-loop", "tokio"],
+            "event_loop 'tokio': choose one of uvloop, asyncio",
         ),
     ],
 )
@@ -116,6 +149,7 @@ def test_every_setting_is_a_serve_flag(tmp_path: Path) -> None:
         "fail_open": True,
         "cluster_reserved_ports": "10250",
         "protected_ports": "80",
+        "event_loop": "asyncio",
     }
     argv = ["serve", "--listen", "127.0.0.1:9999"]
     expected: dict[str, object] = {"listen_host": "127.0.0.1", "listen_port": 9999}
