@@ -8,6 +8,8 @@ server would be lenient or vague, the fake is strict (see ../shared/protocol.md 
 - LIST with `limit`/`continue` serves a consistent snapshot; tokens can be expired (410 Expired);
 - WATCH streams newline-delimited JSON in chunks, ADDED/MODIFIED/DELETED/BOOKMARK/ERROR, honours
   `timeoutSeconds` and `allowWatchBookmarks`, turns selector transitions into ADDED/DELETED;
+  events queued together are written together, as the real server flushes once its channel
+  is empty;
 - `pods/binding` with the UID precondition; merge-patch of node metadata; bearer tokens and
   client certificates (a CA of its own, from extender.webhook.certs), both checked.
 
@@ -147,6 +149,28 @@ def _key(raw: RawObject) -> str:
     return f"{namespace}/{meta['name']}" if namespace else meta["name"]
 
 
+_QueueItem = bytes | str | asyncio.Event
+"""What a watcher's queue holds: lines to write, "close"/"abort", or a stall's gate."""
+
+WRITE_BATCH_BYTES = 64 * 1024
+"""The most one watch write gathers from what is already queued (the real server's buffered
+writer sends 4 KiB at a time while it drains its channel; any bound works for a client)."""
+
+
+def _write_batches(lines: list[bytes]) -> Iterator[bytes]:
+    """`lines` joined into writes of about WRITE_BATCH_BYTES (a watch's replayed backlog)."""
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line)
+        if size >= WRITE_BATCH_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
 @dataclass(frozen=True, slots=True)
 class _Change:
     """One entry of the event history: the state after and before a write."""
@@ -164,7 +188,7 @@ class _Watcher:
     namespace: str | None
     selector: tuple[FieldRequirement, ...]
     bookmarks: bool
-    queue: asyncio.Queue[bytes | str | asyncio.Event] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_QueueItem] = field(default_factory=asyncio.Queue)
     """Lines to write; "close"/"abort" end the stream; an Event holds it until set (a stall)."""
     covered_rv: int = 0
     """Changes up to this RV were sent as the backlog (or predate the watch)."""
@@ -785,20 +809,39 @@ class FakeApiServer:
             self.break_streams()  # accepted just before the listener closed: cut it too
         try:
             await response.prepare(request)
-            for line in backlog:
-                await response.write(line)
+            for batch in _write_batches(backlog):
+                await response.write(batch)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
+            held: _QueueItem | None = None  # a control item met while gathering lines
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     if watcher.bookmarks:
                         await response.write(self._bookmark_line(kind))
                     break
-                try:
-                    item = await asyncio.wait_for(watcher.queue.get(), remaining)
-                except TimeoutError:
-                    continue
+                if held is not None:
+                    item, held = held, None
+                else:
+                    try:
+                        item = await asyncio.wait_for(watcher.queue.get(), remaining)
+                    except TimeoutError:
+                        continue
+                if isinstance(item, bytes):
+                    # What is already queued goes out in one write: the real server flushes
+                    # only once its event channel is empty (k8s.io/apiserver endpoints/
+                    # handlers/watch.go, HandleHTTP: `if len(ch) == 0 { flusher.Flush() }`),
+                    # so events written together reach the client together.
+                    lines = [item]
+                    size = len(item)
+                    while size < WRITE_BATCH_BYTES and not watcher.queue.empty():
+                        queued = watcher.queue.get_nowait()
+                        if not isinstance(queued, bytes):
+                            held = queued
+                            break
+                        lines.append(queued)
+                        size += len(queued)
+                    item = b"".join(lines)
                 if isinstance(item, asyncio.Event):
                     await item.wait()  # a stall: the connection stays open, nothing is written
                     continue

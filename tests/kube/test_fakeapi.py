@@ -389,3 +389,41 @@ async def test_node_annotation_merge_patch(
     spec_patch = {"spec": {"unschedulable": True}}
     async with http.patch(url, data=orjson.dumps(spec_patch), headers=merge) as response:
         assert response.status == 422
+
+
+async def _read_chunk(reader: asyncio.StreamReader) -> bytes:
+    """One chunk of a chunked HTTP body, read off the wire."""
+    size = int((await asyncio.wait_for(reader.readline(), 5)).strip(), 16)
+    data = await reader.readexactly(size)
+    assert await reader.readexactly(2) == b"\r\n"
+    return data
+
+
+async def test_events_queued_together_are_written_in_one_chunk(fake: FakeApiServer) -> None:
+    """As the real server flushes only once its event channel is empty, changes made at one
+    moment reach the watcher in one HTTP chunk, and a later change in a chunk of its own."""
+    fake.put("pods", pod("before"))
+    rv = fake.rv
+    host, port = fake.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"GET /api/v1/pods?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: {host}\r\n"
+            "Authorization: Bearer token-1\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"chunked" in head.lower()
+        await eventually(lambda: fake.open_watches == 1)
+        for index in range(3):
+            fake.put("pods", pod(f"together-{index}"))
+        together = await _read_chunk(reader)
+        fake.put("pods", pod("later"))
+        later = await _read_chunk(reader)
+    finally:
+        writer.close()
+    names = [orjson.loads(line)["object"]["metadata"]["name"] for line in together.splitlines()]
+    assert names == ["together-0", "together-1", "together-2"]
+    assert [orjson.loads(line)["object"]["metadata"]["name"] for line in later.splitlines()] == [
+        "later"
+    ]
