@@ -106,3 +106,26 @@ def test_busy_targets_compare_ours_with_the_null_extender(
     assert table.splitlines()[-1].endswith("| - / - |")  # lines without the fake's CPU
     lines[0]["fake_cpu_ms_per_pod"], lines[1]["fake_cpu_ms_per_pod"] = 0.45, 0.3
     assert "| 0.45 / 0.30 |" in "\n".join(report.busy_markdown(lines))
+
+
+def paced_line(server: str, calls_p50: float) -> dict[str, Any]:
+    return {
+        "kind": "busy-paced", "server": server, "nodes": 300, "calls_p50_ms": calls_p50,
+        "calls_p99_ms": 3 * calls_p50, "pace_pods_per_s": 144.0,
+        "scheduler_with_null_pods_per_s": 100.0, "ours_cpu_ms_per_pod": 0.8,
+        "events_per_s": 450.0,
+    }  # fmt: skip
+
+
+def test_paced_rounds_report_the_time_per_pod_and_what_it_costs_a_scheduler() -> None:
+    """At a real scheduler's pace the table gives each pod's two calls, ours beside null, and
+    the pods/s a scheduler at 100 pods/s with the null extender would keep: 10 ms per cycle,
+    0.5 ms more per pod gives 10 / 10.5."""
+    table = report.busy_markdown(
+        [busy_line("ours", 900.0, 3.0), busy_line("null", 1000.0, 2.0)]
+        + [paced_line("ours", 1.5), paced_line("null", 1.0)]
+    )
+    row = next(line for line in table if line.startswith("| 300 | 1.50 / 4.50 |"))
+    assert row == "| 300 | 1.50 / 4.50 | 1.00 / 3.00 | 0.50 | 0.952 | 0.80 | 450 |"
+    assert any("Paced at 144 pods/s" in line for line in table)
+    assert report.scheduler_ratio(-0.3, 100.0) == 1.0  # faster than null: no gain claimed
