@@ -5,7 +5,8 @@ schedules also reaches us as watch events, so the loop's own cost per wake-up (s
 transport, callbacks) is paid on every filter, prioritize and watch chunk, on the same cores as
 the scheduler and the API server. uvloop (libuv, the loop aiohttp is most often deployed on)
 pays less of it: on the 2-core benchmark machine a watch client's CPU per read fell from 123 to
-75 us, and the busy-cluster driver scheduled 21-24% more pods a second (README, Performance).
+75 us, and the busy-cluster driver scheduled 10% more pods a second with 10-12% less of our CPU
+per pod, in rounds interleaved with the asyncio build (README, Performance).
 `asyncio` stays available as the fallback an operator can choose.
 
 The node agent does not use this: uvloop cannot open the netlink sockets pyroute2 reads

@@ -815,14 +815,14 @@ class FakeApiServer:
             deadline = loop.time() + timeout
             held: _QueueItem | None = None  # a control item met while gathering lines
             while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    if watcher.bookmarks:
-                        await response.write(self._bookmark_line(kind))
-                    break
                 if held is not None:
                     item, held = held, None
                 else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        if watcher.bookmarks:
+                            await response.write(self._bookmark_line(kind))
+                        break
                     try:
                         item = await asyncio.wait_for(watcher.queue.get(), remaining)
                     except TimeoutError:

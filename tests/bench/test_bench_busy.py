@@ -121,10 +121,8 @@ def test_paced_rounds_report_the_time_per_pod_and_what_it_costs_a_scheduler() ->
     """At a real scheduler's pace the table gives each pod's two calls, ours beside null, and
     the pods/s a scheduler at 100 pods/s with the null extender would keep: 10 ms per cycle,
     0.5 ms more per pod gives 10 / 10.5."""
-    table = report.busy_markdown(
-        [busy_line("ours", 900.0, 3.0), busy_line("null", 1000.0, 2.0)]
-        + [paced_line("ours", 1.5), paced_line("null", 1.0)]
-    )
+    lines = [busy_line("ours", 900.0, 3.0), busy_line("null", 1000.0, 2.0)]
+    table = report.busy_markdown([*lines, paced_line("ours", 1.5), paced_line("null", 1.0)])
     row = next(line for line in table if line.startswith("| 300 | 1.50 / 4.50 |"))
     assert row == "| 300 | 1.50 / 4.50 | 1.00 / 3.00 | 0.50 | 0.952 | 0.80 | 450 |"
     assert any("Paced at 144 pods/s" in line for line in table)
