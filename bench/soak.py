@@ -160,9 +160,9 @@ async def load_forever(base: str, bodies: list[bytes], tally: Tally) -> None:
                         tally.filter_ms.append((time.perf_counter() - started) * 1000)
                     if status != 200:
                         tally.failed.append(f"{verb}: HTTP {status}: {answer[:200]!r}")
-                    elif verb == "filter" and (error := orjson.loads(answer).get("Error")):
+                    elif verb == "filter" and (told := orjson.loads(answer).get("Error")):
                         tally.error_answers += 1
-                        tally.error_texts[re.sub(r"\d+(\.\d+)?", "N", error)[:160]] += 1
+                        tally.error_texts[re.sub(r"\d+(\.\d+)?", "N", told)[:160]] += 1
                         tally.error_times.append(time.monotonic())
                 await asyncio.sleep(0.005)
 
