@@ -40,28 +40,29 @@ _EVENT_HEADS = tuple(
 
 
 @dataclass(frozen=True, slots=True)
-class PortlessPodEvent:
-    """A watch event of a pod that claims no host-level port, as read from its raw line."""
+class PodEventHead:
+    """What a pod watch line says before its object's first nested value, read from the raw
+    line; with `may_claim_ports` False, all that matters of the event."""
 
     type: str
     uid: str
     resource_version: str
 
 
-def portless_pod_event(line: bytes) -> PortlessPodEvent | None:
-    """The event on `line` if its pod cannot claim a host port; None if it must be decoded.
-
-    Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
-    sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
-    """
+def portless_pod_event(line: bytes) -> PodEventHead | None:
+    """The event on `line` if its pod cannot claim a host port; None if it must be decoded."""
     if may_claim_ports(line):
         return None
     return pod_event_head(line)
 
 
-def pod_event_head(line: bytes) -> PortlessPodEvent | None:
+def pod_event_head(line: bytes) -> PodEventHead | None:
     """The event type, UID and resourceVersion of a pod watch line, read from the flat head of
-    its metadata (None: not in the API server's shape; decode it). Says nothing of its ports."""
+    its metadata (None: not in the API server's shape; decode it). Says nothing of its ports.
+
+    Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
+    sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
+    """
     if not line.endswith(b"}}") and not line.rstrip().endswith(b"}}"):
         return None  # (rstrip copies the line: only for the rare line with trailing space)
     found = next(((kind, head) for kind, head in _EVENT_HEADS if line.startswith(head)), None)
@@ -73,7 +74,7 @@ def pod_event_head(line: bytes) -> PortlessPodEvent | None:
     resource_version = _string_field(flat, b'"resourceVersion":')
     if uid is None or resource_version is None:
         return None
-    return PortlessPodEvent(kind, uid, resource_version)
+    return PodEventHead(kind, uid, resource_version)
 
 
 _ITEM_HEADS = (b'{"metadata":{', b'{"kind":"Pod","apiVersion":"v1","metadata":{')
