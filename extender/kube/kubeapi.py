@@ -24,7 +24,7 @@ import orjson
 
 from extender.errors import ExtenderError
 from extender.kube.kubeauth import Connection, KubeAuthError
-from extender.kube.listpage import cut_list, decode_item
+from extender.kube.listpage import ListPage, cut_list, kept_items
 
 RawObject = dict[str, Any]
 RawEvent = dict[str, Any]
@@ -180,7 +180,7 @@ class KubeApi:
         """
         data = await self._read("GET", path, params=params)
         cut = cut_list(data)
-        items = await _decode_in_slices(cut.items, keep) if cut is not None else None
+        items = await _decode_in_slices(cut, keep) if cut is not None else None
         if cut is not None and items is not None:
             page: object = items
             metadata = cut.envelope.get("metadata")
@@ -443,15 +443,12 @@ def _progress(resource_version: str) -> RawEvent:
     return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
 
 
-async def _decode_in_slices(raws: list[bytes], keep: ItemFilter | None) -> list[RawObject] | None:
-    """Each item `keep` accepts decoded, with a yield to other tasks every SLICE_SECONDS; None
-    if one is not a whole JSON object (see listpage.decode_item)."""
+async def _decode_in_slices(page: ListPage, keep: ItemFilter | None) -> list[RawObject] | None:
+    """listpage.kept_items, with a yield to other tasks every SLICE_SECONDS; None if one piece
+    is not a whole JSON object."""
     items: list[RawObject] = []
     slices = Slices()
-    for raw in raws:
-        if keep is not None and not keep(raw):
-            continue
-        item = decode_item(raw)
+    for item in kept_items(page, keep):
         if item is None:
             return None
         items.append(item)

@@ -17,6 +17,7 @@ its own. So if every piece decodes to an object, the pieces are exactly the item
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -81,3 +82,17 @@ def decode_item(raw: bytes) -> RawObject | None:
     except orjson.JSONDecodeError:
         return None
     return item if isinstance(item, dict) else None
+
+
+def kept_items(page: ListPage, keep: Callable[[bytes], bool] | None) -> Iterator[RawObject | None]:
+    """Each item of `page` that `keep` accepts (read from its bytes), decoded, in order; None
+    for a piece that is not a whole object: the cut was wrong, decode the answer whole instead.
+
+    An item `keep` refuses is not decoded, so a wrong cut inside it would go unseen; that is
+    still exact. A split inside an item leaves both halves unbalanced, so whichever half `keep`
+    accepts fails to decode; and `keep` refuses both only when neither holds the words it looks
+    for, which the split sequence cannot cut in two: then it refuses the whole item too.
+    """
+    for raw in page.items:
+        if keep is None or keep(raw):
+            yield decode_item(raw)
