@@ -140,11 +140,12 @@ def targets(lines: Sequence[Line]) -> list[Target]:
     return found
 
 
-def _busy(lines: Sequence[Line], server: str) -> dict[int, Line]:
+def _busy(lines: Sequence[Line], server: str, kind: str = "busy") -> dict[int, Line]:
+    """One server's busy-cluster lines of `kind` ("busy" or "busy-paced"), by node count."""
     return {
         line["nodes"]: line
         for line in lines
-        if line.get("kind") == "busy" and line["server"] == server
+        if line.get("kind") == kind and line["server"] == server
     }
 
 
@@ -215,9 +216,7 @@ def scheduler_ratio(extra_ms: float, with_null_pods_per_s: float) -> float:
 
 def _paced_markdown(lines: Sequence[Line]) -> list[str]:
     """The paced rounds: what each pod's two calls take at a real scheduler's rate."""
-    paced = [line for line in lines if line.get("kind") == "busy-paced"]
-    ours = {line["nodes"]: line for line in paced if line["server"] == OURS}
-    null = {line["nodes"]: line for line in paced if line["server"] == NULL}
+    ours, null = _busy(lines, OURS, "busy-paced"), _busy(lines, NULL, "busy-paced")
     sizes = [nodes for nodes in sorted(ours) if nodes in null]
     if not sizes:
         return []

@@ -46,7 +46,7 @@ SAMPLE_CLUSTER = Path(__file__).resolve().parent.parent / "config" / "samples" /
 def sample_api_server(pki_dir: Path, token: str) -> FakeApiServer:
     """A fake API server over TLS holding the sample cluster's nodes and pods (not started)."""
     fake = FakeApiServer(token=token, pki=Pki.create(pki_dir))
-    objects = load_objects([str(SAMPLE_CLUSTER)])
+    objects = load_objects([SAMPLE_CLUSTER])
     for raw in objects.nodes:
         fake.put("nodes", raw)
     for raw in objects.pods:
