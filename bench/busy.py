@@ -414,6 +414,11 @@ def bare_watcher(kubeconfig: Path, log: Path) -> Iterator[subprocess.Popen[bytes
             servers.stop_process(process)
 
 
+def _ms_per_1000(cpu_s: float, idle_cpu_s: float, events: int) -> float:
+    """Milliseconds of CPU per 1,000 events, what the process spends idle taken off."""
+    return 1e6 * max(0.0, cpu_s - idle_cpu_s) / events if events else 0.0
+
+
 def cpu_per_event(
     plan: BusyPlan, fake: FakeApi, ours: servers.Server, bare_pid: int
 ) -> list[dict[str, Any]]:
@@ -438,8 +443,6 @@ def cpu_per_event(
         bare_cpu = cpu_seconds(bare_pid) - bare_before
         window = time.perf_counter() - started
         events = fake.ask("stats")["churned"] - events_before
-        net = max(0.0, cpu - idle_rate * window)
-        bare_net = max(0.0, bare_cpu - bare_idle_rate * window)
         line = {
             "kind": "busy-cpu",
             "pods": kind,
@@ -447,10 +450,10 @@ def cpu_per_event(
             "events": events,
             "cpu_s": cpu,
             "idle_cpu_s": idle_rate * window,
-            "cpu_ms_per_1000": 1e6 * net / events if events else 0.0,
+            "cpu_ms_per_1000": _ms_per_1000(cpu, idle_rate * window, events),
             "bare_cpu_s": bare_cpu,
             "bare_idle_cpu_s": bare_idle_rate * window,
-            "bare_cpu_ms_per_1000": 1e6 * bare_net / events if events else 0.0,
+            "bare_cpu_ms_per_1000": _ms_per_1000(bare_cpu, bare_idle_rate * window, events),
         }
         print(
             f"  watch events of pods {'without' if kind == 'plain' else 'with'} host ports: "
@@ -474,13 +477,11 @@ def cpu_per_event(
                 "events": events,
                 "cpu_s": cpu,
                 "idle_cpu_s": idle,
-                "cpu_ms_per_1000": 1e6 * max(0.0, cpu - idle) / events if events else 0.0,
+                "cpu_ms_per_1000": _ms_per_1000(cpu, idle, events),
                 "rounds_ms_per_1000": [round(line["cpu_ms_per_1000"], 1) for line in mine],
                 "bare_cpu_s": bare,
                 "bare_idle_cpu_s": bare_idle,
-                "bare_cpu_ms_per_1000": (
-                    1e6 * max(0.0, bare - bare_idle) / events if events else 0.0
-                ),
+                "bare_cpu_ms_per_1000": _ms_per_1000(bare, bare_idle, events),
             }
         )
     return merged
