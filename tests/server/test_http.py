@@ -216,7 +216,7 @@ async def test_not_ready_fails_closed_unless_fail_open(
 
 
 async def test_prioritize_spreads_host_port_workloads(make_extender: MakeExtender) -> None:
-    """More host-port pods on a node lowers its score; pods without claims get a flat score."""
+    """More host-port pods on a node lowers its score; pods without claims get no scores."""
     client, _ = await make_extender(
         NODES,
         [
@@ -231,12 +231,20 @@ async def test_prioritize_spreads_host_port_workloads(make_extender: MakeExtende
         {"Host": "n2", "Score": 9},
         {"Host": "n3", "Score": 10},
     ]
-    _, answer = await post(client, "prioritize", filter_args(pod("web"), NAMES))
-    assert answer == [{"Host": name, "Score": 0} for name in NAMES]
     # Repeated and unusual names come back one entry each, in the order sent.
     odd = ["n2", "n1", "n2", 'quote"and\\slash', "ünïcode"]
-    _, answer = await post(client, "prioritize", filter_args(pod("web"), odd))
-    assert answer == [{"Host": name, "Score": 0} for name in odd]
+    _, answer = await post(client, "prioritize", filter_args(pod("x", ports=[port(80, 80)]), odd))
+    assert answer == [
+        {"Host": "n2", "Score": 9},
+        {"Host": "n1", "Score": 8},
+        {"Host": "n2", "Score": 9},
+        {"Host": 'quote"and\\slash', "Score": 10},
+        {"Host": "ünïcode", "Score": 10},
+    ]
+    # No opinion (0 everywhere) is an empty list: the scheduler adds 0 to every node either way.
+    for names in (NAMES, odd):
+        _, answer = await post(client, "prioritize", filter_args(pod("web"), names))
+        assert answer == []
 
 
 async def test_prioritize_penalises_a_recent_udp_owner_switch(make_extender: MakeExtender) -> None:

@@ -33,7 +33,8 @@ def test_every_host_list_encodes_exactly_as_the_plain_way(
 ) -> None:
     scores = {**scored, **{h: len(h) % 11 for h in hosts[::2]}}
     assert encode_priorities(hosts, scores, default) == reference(hosts, scores, default)
-    assert encode_priorities(hosts, {}, default) == reference(hosts, {}, default)
+    if default != 0:
+        assert encode_priorities(hosts, {}, default) == reference(hosts, {}, default)
 
 
 def test_a_cluster_of_node_names_decodes_to_each_hosts_score() -> None:
@@ -45,3 +46,21 @@ def test_a_cluster_of_node_names_decodes_to_each_hosts_score() -> None:
     assert [entry["Score"] for entry in decoded] == [scores.get(h, 7) for h in hosts]
     assert orjson.loads(encode_priorities(["only"], {}, 10)) == [{"Host": "only", "Score": 10}]
     assert encode_priorities([], {"a": 1}, 10) == b"[]"
+
+
+def test_no_opinion_is_an_empty_list_that_leaves_every_total_as_it_was() -> None:
+    """Every host 0 (a pod without host-level claims): `[]`, not 5,000 entries to decode. The
+    scheduler adds score * weight * 10 per listed host, so each total is what the list gave."""
+    hosts = [f"node-{i}" for i in range(5000)]
+    assert encode_priorities(hosts, {}, 0) == b"[]"
+    full = reference(hosts, {}, 0)
+
+    def added(answer: bytes) -> dict[str, int]:
+        totals = dict.fromkeys(hosts, 0)
+        for entry in orjson.loads(answer):
+            totals[entry["Host"]] += entry["Score"] * 3 * 10
+        return totals
+
+    assert added(encode_priorities(hosts, {}, 0)) == added(full)
+    # A pod with an opinion still lists every host, its 0s included.
+    assert len(orjson.loads(encode_priorities(hosts, {"node-1": 0}, 10))) == 5000
