@@ -6,8 +6,8 @@ slowloris client sending a byte at a time holds a connection for as long as it l
 `GuardedRequestHandler` adds that deadline; `ConnectionGuard` caps idle connections per client
 and connections overall. Only connections waiting for a request are ever closed by the caps, and
 the header deadline only runs while a request's headers are incomplete, so the scheduler's
-keep-alive connection is never cut mid-request. The body deadline is `app.bounded_body`'s.
-Bodies are never decompressed (`app.identity_only` refuses a declared encoding).
+keep-alive connection is never cut mid-request. The body deadline is `app._read_body`'s.
+Bodies are never decompressed (`app._refuse_encoded` refuses a declared encoding).
 """
 
 from __future__ import annotations
