@@ -141,6 +141,10 @@ class PortIndex:
         self._by_node: dict[str, dict[str, tuple[Claim, ...]]] = {}
         self._pod_owner_count: dict[str, int] = {}
         self._spread_scores: dict[str, int] = {}
+        self.spread_memo: dict[str, bytes] = {}
+        """node -> what the server layer derives from the node's spread score (its encoded
+        prioritize entry, see server/wire.py), filled there; an entry is dropped here whenever
+        that node's score changes, so what is left always matches the score."""
         self._shared: set[tuple[str, int, str]] = set()
         """(protocol, port, node) of point-table entries holding claims of several owners."""
         self._firsts: dict[int, _TableFirsts] = {}
@@ -171,6 +175,7 @@ class PortIndex:
             count = self._pod_owner_count.get(node, 0) + 1
             self._pod_owner_count[node] = count
             self._spread_scores[node] = max(0, SPREAD_MAX_SCORE - count)
+            self.spread_memo.pop(node, None)
         now = self._clock()
         for claim in new_claims:
             self._insert(node, claim)
@@ -195,6 +200,7 @@ class PortIndex:
             else:
                 self._pod_owner_count.pop(old.node, None)
                 self._spread_scores.pop(old.node, None)
+            self.spread_memo.pop(old.node, None)
         self._discard_owner(old.node, owner, old.claims)
         now = self._clock()
         for claim in old.claims:

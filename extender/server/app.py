@@ -318,10 +318,18 @@ async def handle_prioritize(request: web.Request) -> web.Response:
         pod = decode_pod(args.raw_pod, strict=True)
     except ListenAnnotationError:
         pod = None
-    if pod is None or not _is_ours(settings, pod) or app[READINESS].check() is not None:
+    if (
+        pod is None
+        or not pod.wanted  # no opinion, whatever the index knows: no readiness check either
+        or not _is_ours(settings, pod)
+        or app[READINESS].check() is not None
+    ):
         return _json(wire.encode_priorities(args.node_names, {}, FLAT_SCORE))
     scores, default = score_nodes(cluster, pod)
-    return _json(wire.encode_priorities(args.node_names, scores, default))
+    # The index keeps each node's encoded entry while its spread score stays; a UDP-risk
+    # answer is its own mapping (score_nodes copies the scores), encoded without the memo.
+    memo = cluster.index.spread_memo if scores is cluster.index.spread_scores else None
+    return _json(wire.encode_priorities(args.node_names, scores, default, memo))
 
 
 async def handle_bind(request: web.Request) -> web.Response:

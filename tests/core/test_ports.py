@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.core.ports import RANGE_EXPANSION_LIMIT, Claim, ClaimKind, PortIndex
+from extender.core.ports import (
+    RANGE_EXPANSION_LIMIT,
+    SPREAD_MAX_SCORE,
+    Claim,
+    ClaimKind,
+    PortIndex,
+)
 from extender.core.portspec import WILDCARD
 
 
@@ -335,6 +341,37 @@ def test_compacting_keeps_the_spread_scores() -> None:
     index.remove_owner("q")
     index.set_owner("r", "n1", [claim("90", owner="r")])
     assert index.spread_scores == {"n1": 6}
+
+
+@given(
+    writes=st.lists(
+        st.tuples(st.sampled_from(["p1", "p2", "p3", "p4"]), st.sampled_from(["n1", "n2", "n3"])),
+        max_size=12,
+    )
+)
+def test_the_spread_memo_never_keeps_an_entry_past_its_nodes_score(
+    writes: list[tuple[str, str]],
+) -> None:
+    """Whatever pods come and go, a memo entry made at a node's score is gone once the score
+    is not that any more (the prioritize answer is built from these entries)."""
+    index = PortIndex()
+    made_at: dict[str, int] = {}
+
+    def remember_every_node() -> None:
+        for node in ("n1", "n2", "n3"):
+            if node not in index.spread_memo:
+                index.spread_memo[node] = b"entry"
+                made_at[node] = index.spread_scores.get(node, SPREAD_MAX_SCORE)
+
+    remember_every_node()
+    for number, (owner, node) in enumerate(writes):
+        if number % 3 == 2:
+            index.remove_owner(owner)
+        else:
+            index.set_owner(owner, node, [claim(f"{80 + number}", owner=owner)])
+        for kept in index.spread_memo:
+            assert index.spread_scores.get(kept, SPREAD_MAX_SCORE) == made_at[kept]
+        remember_every_node()
 
 
 def test_many_claims_of_one_owner_on_one_port_cost_linear_time() -> None:

@@ -217,7 +217,7 @@ async def test_not_ready_fails_closed_unless_fail_open(
 
 async def test_prioritize_spreads_host_port_workloads(make_extender: MakeExtender) -> None:
     """More host-port pods on a node lowers its score; pods without claims get no scores."""
-    client, _ = await make_extender(
+    client, cluster = await make_extender(
         NODES,
         [
             pod("a", node="n1", ports=[port(81, 81)]),
@@ -231,12 +231,21 @@ async def test_prioritize_spreads_host_port_workloads(make_extender: MakeExtende
         {"Host": "n2", "Score": 9},
         {"Host": "n3", "Score": 10},
     ]
+    # Scores change as pods come and go (the answer's encoded entries are kept between calls).
+    cluster.pods.upsert(pod("d", node="n3", ports=[port(84, 84)]))
+    cluster.pods.delete(pod("a", node="n1", ports=[port(81, 81)]))
+    _, answer = await post(client, "prioritize", filter_args(pod("x", ports=[port(80, 80)]), NAMES))
+    assert answer == [
+        {"Host": "n1", "Score": 9},
+        {"Host": "n2", "Score": 9},
+        {"Host": "n3", "Score": 9},
+    ]
     # Repeated and unusual names come back one entry each, in the order sent.
     odd = ["n2", "n1", "n2", 'quote"and\\slash', "ünïcode"]
     _, answer = await post(client, "prioritize", filter_args(pod("x", ports=[port(80, 80)]), odd))
     assert answer == [
         {"Host": "n2", "Score": 9},
-        {"Host": "n1", "Score": 8},
+        {"Host": "n1", "Score": 9},
         {"Host": "n2", "Score": 9},
         {"Host": 'quote"and\\slash', "Score": 10},
         {"Host": "ünïcode", "Score": 10},

@@ -6,6 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extender.server import wire
 from extender.server.wire import encode_priorities
 
 
@@ -64,3 +65,34 @@ def test_no_opinion_is_an_empty_list_that_leaves_every_total_as_it_was() -> None
     assert added(encode_priorities(hosts, {}, 0)) == added(full)
     # A pod with an opinion still lists every host, its 0s included.
     assert len(orjson.loads(encode_priorities(hosts, {"node-1": 0}, 10))) == 5000
+
+
+@given(
+    hosts=st.lists(any_names, max_size=30),
+    scored=st.dictionaries(any_names, scores_in_range),
+    default=scores_in_range,
+    known=st.lists(any_names, max_size=10),
+)
+def test_answers_built_from_the_memo_are_byte_for_byte_the_plain_ones(
+    hosts: list[str], scored: dict[str, int], default: int, known: list[str]
+) -> None:
+    """Whichever hosts the memo already holds (at their scores), the answer is exact, and the
+    hosts it lacked are remembered for the next call."""
+    if not scored and default == 0:
+        scored = {"someone": 1}  # (no opinion is `[]` before the memo is looked at)
+    memo = {h: orjson.dumps({"Host": h, "Score": scored.get(h, default)}) for h in known}
+    assert encode_priorities(hosts, scored, default, memo) == reference(hosts, scored, default)
+    assert set(hosts) <= set(memo)
+    assert encode_priorities(hosts, scored, default, memo) == reference(hosts, scored, default)
+
+
+def test_the_memo_starts_over_past_its_limit() -> None:
+    """A client sending ever new names cannot make the memo grow without bound."""
+    memo: dict[str, bytes] = {}
+    for batch in range(3):
+        hosts = [f"node-{batch}-{i}" for i in range(60_000)]
+        assert orjson.loads(encode_priorities(hosts, {}, 10, memo))[-1] == {
+            "Host": hosts[-1],
+            "Score": 10,
+        }
+        assert len(memo) <= wire.MEMO_LIMIT
