@@ -6,6 +6,7 @@ server would be lenient or vague, the fake is strict (see ../shared/protocol.md 
 
 - one global, monotonic resourceVersion; a bounded history, so old versions answer 410 Gone;
 - LIST with `limit`/`continue` serves a consistent snapshot; tokens can be expired (410 Expired);
+  a list larger than 128 KiB is gzipped (level 1) for a client that accepts gzip;
 - WATCH streams newline-delimited JSON in chunks, ADDED/MODIFIED/DELETED/BOOKMARK/ERROR, honours
   `timeoutSeconds` and `allowWatchBookmarks`, turns selector transitions into ADDED/DELETED;
   events queued together are written together, as the real server flushes once its channel
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import itertools
 import ssl
 import uuid
@@ -222,6 +224,7 @@ class RecordedRequest:
     path: str
     query: dict[str, str]
     authorization: str | None
+    accept_encoding: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +288,8 @@ class FakeApiServer:
         self.history: deque[_Change] = deque()
         self.compacted_rv = 1
         self.requests: list[RecordedRequest] = []
+        self.gzipped_answers = 0
+        """How many answers went out gzipped (a large list to a client that accepts gzip)."""
         self._watchers: set[_Watcher] = set()
         self._snapshots: dict[str, _Snapshot] = {}
         self._injections: list[_Injection] = []
@@ -631,6 +636,7 @@ class FakeApiServer:
                 request.path,
                 dict(request.query),
                 request.headers.get("Authorization"),
+                request.headers.get("Accept-Encoding"),
             )
         )
         if self._stall is not None:
@@ -749,7 +755,9 @@ class FakeApiServer:
             "metadata": metadata,
             "items": page,
         }
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        response = _negotiated(request, orjson.dumps(body))
+        self.gzipped_answers += response.headers.get("Content-Encoding") == "gzip"
+        return response
 
     async def _watch(
         self,
@@ -1016,6 +1024,27 @@ class FakeApiServer:
         if lease is None:
             raise _StatusError(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found')
         return web.Response(body=orjson.dumps(lease), content_type="application/json")
+
+
+GZIP_THRESHOLD_BYTES = 128 * 1024
+"""kube-apiserver gzips an answer larger than this (its first write, the whole object or list)
+for a client whose Accept-Encoding names gzip, at level 1 (APIResponseCompression, on by
+default; k8s.io/apiserver pkg/endpoints/handlers/responsewriters/writers.go,
+defaultGzipThresholdBytes and defaultGzipContentEncodingLevel). Watch streams are not."""
+
+
+def _negotiated(request: web.Request, body: bytes) -> web.Response:
+    """A JSON answer, gzipped as the API server would for this request."""
+    accepted = request.headers.get("Accept-Encoding", "")
+    wants_gzip = any(part.split(";")[0].strip().lower() == "gzip" for part in accepted.split(","))
+    if not wants_gzip or len(body) <= GZIP_THRESHOLD_BYTES:
+        return web.Response(body=body, content_type="application/json")
+    response = web.Response(
+        body=gzip.compress(body, compresslevel=1), content_type="application/json"
+    )
+    response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 def _event_line(change: _Change, watcher: _Watcher) -> bytes | None:

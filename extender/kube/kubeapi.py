@@ -109,10 +109,15 @@ class KubeApi:
         *,
         request_timeout: float = 30.0,
         max_line_bytes: int = MAX_LINE_BYTES,
+        compression: bool = True,
     ) -> None:
+        """`compression`: ask for gzip (client-go's default, and what a one-shot tool on a
+        laptop wants) or for the bytes as they are (`identity`: no CPU spent compressing and
+        inflating large lists; the extender's live mode, see Settings.api_compression)."""
         self.connection = connection
         self._request_timeout = request_timeout
         self._max_line_bytes = max_line_bytes
+        self._accept_encoding = "gzip" if compression else "identity"
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -305,7 +310,7 @@ class KubeApi:
                 auth = await asyncio.to_thread(fetch)
             except KubeAuthError as error:
                 raise ApiUnreachableError(str(error)) from error
-            headers = {"Accept": "application/json"}
+            headers = {"Accept": "application/json", "Accept-Encoding": self._accept_encoding}
             if data is not None:
                 headers["Content-Type"] = content_type
             if auth.authorization:

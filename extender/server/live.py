@@ -125,8 +125,10 @@ class Live:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         observer: InformerObserver | None = None,
+        compression: bool = False,
     ) -> None:
-        self.api = KubeApi(connection)
+        """`compression`: ask the API server to gzip its lists (Settings.api_compression)."""
+        self.api = KubeApi(connection, compression=compression)
         self._cluster = cluster
         rng = rng or random.Random()
         informer = functools.partial(
@@ -199,7 +201,11 @@ def create_live_app(
     cluster = Cluster(settings)
     observer = MetricsObserver(metrics) if metrics is not None else None
     live = Live(
-        connection, cluster, staleness_seconds=settings.staleness_seconds, observer=observer
+        connection,
+        cluster,
+        staleness_seconds=settings.staleness_seconds,
+        observer=observer,
+        compression=settings.api_compression,
     )
     if metrics is not None:
         probe = live.probe

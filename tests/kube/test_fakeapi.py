@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from extender.webhook import certs
-from tests.fakeapi import FakeApiServer, Pki, eventually
+from tests.fakeapi import GZIP_THRESHOLD_BYTES, FakeApiServer, Pki, eventually
 
 AUTH = {"Authorization": "Bearer token-1"}
 
@@ -427,3 +428,30 @@ async def test_events_queued_together_are_written_in_one_chunk(fake: FakeApiServ
     assert [orjson.loads(line)["object"]["metadata"]["name"] for line in later.splitlines()] == [
         "later"
     ]
+
+
+async def test_a_large_list_is_gzipped_for_a_client_that_accepts_gzip(fake: FakeApiServer) -> None:
+    """As kube-apiserver does (APIResponseCompression): over 128 KiB, gzip level 1, only when
+    asked; a small list and a client asking identity get the bytes as they are."""
+    for index in range(400):  # ~0.5 KB each: the whole list is over the threshold, 5 are not
+        fake.put("pods", pod(f"p{index}", node="n1") | {"spec": {"hostname": "x" * 400}})
+    url = f"{fake.url}/api/v1/pods"
+    for accept, limit, compressed in (
+        ("gzip, deflate", "", True),
+        ("gzip", "5", False),  # a small page
+        ("identity", "", False),
+        ("deflate", "", False),
+    ):
+        headers = {**AUTH, "Accept-Encoding": accept}
+        async with aiohttp.ClientSession(headers=headers, auto_decompress=False) as raw:
+            params = {"limit": limit} if limit else {}
+            async with raw.get(url, params=params) as response:
+                assert response.status == 200
+                body = await response.read()
+                assert (response.headers.get("Content-Encoding") == "gzip") is compressed, accept
+                if compressed:
+                    assert response.headers["Vary"] == "Accept-Encoding"
+                    body = gzip.decompress(body)
+                    assert len(body) > GZIP_THRESHOLD_BYTES
+                listed = orjson.loads(body)
+                assert len(listed["items"]) == (int(limit) if limit else 400)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ async def fake() -> AsyncIterator[FakeApiServer]:
     await server.stop()
 
 
-def connect(fake: FakeApiServer, tmp_path: Path, **options: int) -> KubeApi:
+def connect(fake: FakeApiServer, tmp_path: Path, **options: Any) -> KubeApi:
     """A client for `fake`, configured through a kubeconfig file."""
     kubeconfig = fake.write_kubeconfig(tmp_path / "config", token="t")
     return KubeApi(load_connection(str(kubeconfig)), **options)
@@ -66,6 +67,26 @@ async def test_list_all_drops_the_items_keep_refuses_without_decoding_them(
             assert sorted(item["metadata"]["name"] for item in items) == ["dns", "web"]
             assert len(seen) == 3
             assert any(b'"batch"' in raw for raw in seen)
+
+
+@pytest.mark.parametrize(
+    ("compression", "asked", "gzipped"), [(True, "gzip", True), (False, "identity", False)]
+)
+async def test_a_large_list_comes_gzipped_only_when_asked(
+    fake: FakeApiServer, tmp_path: Path, compression: bool, asked: str, gzipped: bool
+) -> None:
+    """A 600-pod list (~250 KB, over the API server's 128 KiB threshold) arrives whole either
+    way; the client asks for gzip or for identity, and the API server answers accordingly."""
+    for index in range(600):
+        fake.put("pods", pod(f"web-{index}", node="n1", ports=[port(8000 + index, 8000 + index)]))
+    async with connect(fake, tmp_path, compression=compression) as api:
+        items, _rv = await api.list_all("/api/v1/pods", limit=1000)
+    assert len(items) == 600
+    ports = sorted(item["spec"]["containers"][0]["ports"][0]["hostPort"] for item in items)
+    assert ports == list(range(8000, 8600))
+    listed = [r for r in fake.requests if r.path == "/api/v1/pods"]
+    assert [r.accept_encoding for r in listed] == [asked]
+    assert fake.gzipped_answers == (1 if gzipped else 0)
 
 
 async def test_status_errors_carry_status_and_reason(fake: FakeApiServer, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from extender.kube.kubeauth import load_connection
 from extender.server.app import create_app
 from extender.server.live import Live, create_live_app
 from extender.server.metrics import new_metrics
-from extender.settings import Settings
+from extender.settings import Settings, SettingsError
 from tests.conftest import REPO, ExtenderClient
 from tests.fakeapi import FakeApiServer, Pki, eventually
 from tests.objects import pod, port
@@ -383,3 +383,41 @@ async def test_live_app_exports_how_long_the_api_server_has_been_silent(
     finally:
         fake.resume()
         await fake.stop()
+
+
+@pytest.mark.parametrize(("api_compression", "asked"), [(False, "identity"), (True, "gzip")])
+async def test_live_mode_asks_for_compressed_lists_only_when_told(
+    tmp_path: Path, aiohttp_client: Any, api_compression: bool, asked: str
+) -> None:
+    """By default the informers ask for lists as they are (the API server spends no CPU
+    gzipping a relist, nor we inflating it); `api_compression: true` asks for gzip, and a list
+    over the API server's threshold then arrives gzipped and syncs all the same."""
+    fake = FakeApiServer(token="sa-token")
+    seed(fake)
+    for index in range(600):  # ~250 KB of pods: a list the API server would compress
+        raw = pod(f"web-{index}", node="n1", ports=[port(8000 + index, 8000 + index)])
+        del raw["metadata"]["uid"]
+        fake.put("pods", raw)
+    await fake.start()
+    try:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", token="sa-token")
+        settings = Settings(api_compression=api_compression)
+        app, readiness, _ = create_live_app(settings, kubeconfig=str(kubeconfig), context=None)
+        client: ExtenderClient = await aiohttp_client(app)
+        await eventually(lambda: readiness.check() is None)
+        lists = [r for r in fake.requests if "watch" not in r.query and r.path.endswith("/pods")]
+        assert lists
+        assert {r.accept_encoding for r in lists} == {asked}
+        assert (fake.gzipped_answers > 0) is api_compression
+        body = filter_args(pod("x", ports=[port(8599, 8599)]), ["n1", "n2"])
+        response = await client.post("/filter", data=orjson.dumps(body))
+        answer = await response.json()
+        assert answer["NodeNames"] == ["n2"]  # a pod of the big list holds 8599 on n1
+        await client.close()
+    finally:
+        await fake.stop()
+
+
+def test_api_compression_is_a_boolean_setting() -> None:
+    with pytest.raises(SettingsError, match="api_compression must be true or false, got 'yes'"):
+        Settings(api_compression="yes")  # type: ignore[arg-type]

@@ -150,6 +150,7 @@ def test_every_setting_is_a_serve_flag(tmp_path: Path) -> None:
         "cluster_reserved_ports": "10250",
         "protected_ports": "80",
         "event_loop": "asyncio",
+        "api_compression": True,
     }
     argv = ["serve", "--listen", "127.0.0.1:9999"]
     expected: dict[str, object] = {"listen_host": "127.0.0.1", "listen_port": 9999}
