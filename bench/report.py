@@ -6,6 +6,7 @@ ratio; the issue's targets are checked against those ratios, not against absolut
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,19 @@ def _paced_markdown(lines: Sequence[Line]) -> list[str]:
     return out
 
 
+def _paired_ratio(mine: Line, base: Line) -> str:
+    """The median over rounds of ours / null, each round against the null round beside it.
+
+    bench.busy alternates the two servers round by round, so a round and its neighbour saw the
+    same load on the shared machine; the ratio of the two medians mixes rounds minutes apart.
+    """
+    ours_rounds, null_rounds = mine.get("pods_per_s_rounds"), base.get("pods_per_s_rounds")
+    if not ours_rounds or not null_rounds or len(ours_rounds) != len(null_rounds):
+        return "-"
+    ratios = [o / n for o, n in zip(ours_rounds, null_rounds, strict=True) if n]
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+
 def busy_markdown(lines: Sequence[Line]) -> list[str]:
     """The busy-cluster table: ours in live mode beside the null extender, per size."""
     ours, null = _busy(lines, OURS), _busy(lines, NULL)
@@ -256,13 +270,14 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
         "Busy cluster (`bench/busy.py`: ours in live mode, watching a fake API server with "
         f"{first.get('ours_sync_s', 0):.1f} s initial sync; serial create, filter, "
         "prioritize, bind; 1 pod in 3 with a hostPort; 200 status events/s of other pods; "
-        "medians of alternating rounds):",
+        "medians of alternating rounds; the paired ratio is the median of each round's ours / "
+        "null with the null round next to it, steadier when the machine's load drifts):",
         "",
-        "| names | ours pods/s | null pods/s | ratio | ours filter p50 / p99 ms "
+        "| names | ours pods/s | null pods/s | ratio | paired ratio | ours filter p50 / p99 ms "
         "| null filter p50 / p99 ms | ours prioritize p50 / p99 ms "
         "| null prioritize p50 / p99 ms | watch events/s | ours CPU ms per pod "
         "| fake API CPU ms per pod, our / null rounds |",
-        "|---:|---:|---:|---:|---|---|---|---|---:|---:|---|",
+        "|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---|",
     ]
     for nodes, mine in sorted(ours.items()):
         base = null.get(nodes)
@@ -271,6 +286,7 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
         ratio = mine["pods_per_s"] / base["pods_per_s"] if base["pods_per_s"] else float("inf")
         out.append(
             f"| {nodes:,} | {mine['pods_per_s']:,.0f} | {base['pods_per_s']:,.0f} | {ratio:.2f} "
+            f"| {_paired_ratio(mine, base)} "
             f"| {_ms(mine['filter_p50_ms'])} / {_ms(mine['filter_p99_ms'])} "
             f"| {_ms(base['filter_p50_ms'])} / {_ms(base['filter_p99_ms'])} "
             f"| {_ms(mine['prioritize_p50_ms'])} / {_ms(mine['prioritize_p99_ms'])} "

@@ -108,6 +108,23 @@ def test_busy_targets_compare_ours_with_the_null_extender(
     assert "| 0.45 / 0.30 |" in "\n".join(report.busy_markdown(lines))
 
 
+def test_the_paired_ratio_compares_each_round_with_its_neighbour() -> None:
+    """Rounds that drift with the machine (both servers slower in the second half) still pair
+    up: the median of the per-round ratios, beside the ratio of the medians."""
+    ours, null = busy_line("ours", 700.0, 2.0), busy_line("null", 800.0, 2.0)
+    ours["pods_per_s_rounds"] = [900.0, 880.0, 500.0, 450.0, 700.0]
+    null["pods_per_s_rounds"] = [1000.0, 1000.0, 600.0, 500.0, 800.0]
+    row = next(r for r in report.busy_markdown([ours, null]) if r.startswith("| 300 |"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[4:6] == ["0.88", "0.88"]  # 700 / 800, and the median of 0.9, 0.88, 0.83, 0.9, 0.88
+    ours["pods_per_s_rounds"] = [900.0, 880.0, 500.0, 450.0, 1000.0]
+    row = next(r for r in report.busy_markdown([ours, null]) if r.startswith("| 300 |"))
+    assert [cell.strip() for cell in row.split("|")][5] == "0.90"
+    del ours["pods_per_s_rounds"]
+    row = next(r for r in report.busy_markdown([ours, null]) if r.startswith("| 300 |"))
+    assert [cell.strip() for cell in row.split("|")][5] == "-"
+
+
 def paced_line(server: str, calls_p50: float) -> dict[str, Any]:
     return {
         "kind": "busy-paced", "server": server, "nodes": 300, "calls_p50_ms": calls_p50,
