@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import filterfalse
+from typing import NamedTuple
 
 from extender.core.cluster import Cluster
 from extender.core.pods import PodPorts, in_flight_owner
@@ -75,8 +76,20 @@ def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> 
     return FilterVerdict(passed, rejected, in_flight, held, kinds)
 
 
-def score_nodes(cluster: Cluster, pod: PodPorts) -> tuple[Mapping[str, int], int]:
-    """Scores 0..10 as (node -> score, score of every other node).
+class NodeScores(NamedTuple):
+    """What prioritize answers: each node's score, and what the answer is built from."""
+
+    by_node: Mapping[str, int]
+    """node -> score, for the nodes that differ from `default`."""
+    default: int
+    """The score of every node not in `by_node`."""
+    memo: dict[str, bytes] | None
+    """Each node's encoded answer entry at its score here (PortIndex.spread_memo), when these
+    are the index's own spread scores; None for any other mapping (a UDP-risk answer)."""
+
+
+def score_nodes(cluster: Cluster, pod: PodPorts) -> NodeScores:
+    """Scores 0..10 per node.
 
     Spread host-port workloads: a node scores 10 minus the number of pods holding host-level
     ports there (floor 0). Avoid fresh UDP owner switches: a node where one of the pod's UDP
@@ -86,12 +99,14 @@ def score_nodes(cluster: Cluster, pod: PodPorts) -> tuple[Mapping[str, int], int
     while encoding.
     """
     if not pod.wanted:
-        return {}, FLAT_SCORE
-    spread = cluster.index.spread_scores
-    risky = cluster.index.udp_switch_risks(pod.wanted, pod.family)
+        return NodeScores({}, FLAT_SCORE, None)
+    index = cluster.index
+    risky = index.udp_switch_risks(pod.wanted, pod.family)
     if risky:
-        return {**spread, **dict.fromkeys(risky, 0)}, SPREAD_MAX_SCORE
-    return spread, SPREAD_MAX_SCORE
+        return NodeScores(
+            {**index.spread_scores, **dict.fromkeys(risky, 0)}, SPREAD_MAX_SCORE, None
+        )
+    return NodeScores(index.spread_scores, SPREAD_MAX_SCORE, index.spread_memo)
 
 
 def filter_preemption(

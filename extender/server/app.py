@@ -325,11 +325,10 @@ async def handle_prioritize(request: web.Request) -> web.Response:
         or app[READINESS].check() is not None
     ):
         return _json(wire.encode_priorities(args.node_names, {}, FLAT_SCORE))
-    scores, default = score_nodes(cluster, pod)
-    # The index keeps each node's encoded entry while its spread score stays; a UDP-risk
-    # answer is its own mapping (score_nodes copies the scores), encoded without the memo.
-    memo = cluster.index.spread_memo if scores is cluster.index.spread_scores else None
-    return _json(wire.encode_priorities(args.node_names, scores, default, memo))
+    scores = score_nodes(cluster, pod)
+    return _json(
+        wire.encode_priorities(args.node_names, scores.by_node, scores.default, scores.memo)
+    )
 
 
 async def handle_bind(request: web.Request) -> web.Response:
