@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import orjson
@@ -149,11 +148,11 @@ def encode_priorities(
 ) -> bytes:
     """A HostPriorityList `[{"Host": ..., "Score": ...}]`: each host's score, else `default`.
 
-    Never built as a list of dicts: prioritize was the most expensive verb under load (bench.busy:
-    2.3 of its 3.1 s in that encoding). With `memo` (each host's encoded entry, see
-    `_memo_priorities`) it is one lookup per host; without, it is spliced from one orjson
-    encoding of the names (2.5x to 1.2x cheaper than the dicts). The bytes are identical to the
-    plain encoding's either way (tests/server/test_wire_priorities.py).
+    With `memo` (each host's encoded entry, see `_memo_priorities`) the answer is one lookup
+    per host: prioritize was the most expensive verb under load (bench.busy: 2.3 of its 3.1 s
+    in encoding its answer as a list of dicts). Without a memo (only a UDP-risk answer, whose
+    scores are a copy: rare) it is that plain list. The bytes are the same either way
+    (tests/server/test_wire_priorities.py).
 
     No opinion (no host scored, the rest 0) is answered `[]`: the scheduler adds
     `score * weight * 10` to each host it reads and nothing to the others (prioritizeNodes in
@@ -166,9 +165,6 @@ def encode_priorities(
         return b"[]"
     if memo is not None:
         return _memo_priorities(hosts, scores, default, memo)
-    spliced = _spliced_priorities(hosts, scores, default)
-    if spliced is not None:
-        return spliced
     score_of = scores.get
     return orjson.dumps([{"Host": host, "Score": score_of(host, default)} for host in hosts])
 
@@ -185,8 +181,9 @@ def _memo_priorities(
 
     `memo` maps a host to `{"Host":...,"Score":...}` at its current score in `scores` (else
     `default`); the caller keeps it in step (ports.PortIndex.spread_memo drops a node's entry
-    when its score changes). One lookup per host and one join: at 1,000 names ~40 us instead of
-    the splice's ~120 (which encodes the names, splits them and looks each score up).
+    when its score changes). One lookup per host and one join: at 1,000 names ~40 us, where
+    splicing one encoding of the names took ~120 (encode, split, look each score up) and the
+    plain list of dicts more.
     """
     pieces = list(map(memo.get, hosts))
     try:
@@ -205,41 +202,6 @@ def _memo_priorities(
 def _entry(host: str, score: int) -> bytes:
     """One HostPriority, byte for byte as orjson writes `{"Host": host, "Score": score}`."""
     return b'{"Host":' + orjson.dumps(host) + b',"Score":%d}' % score
-
-
-_HOST = b'{"Host":"'
-_SCORE_THEN_NEXT_HOST = {score: b'","Score":%d},{"Host":"' % score for score in range(-1, 101)}
-"""What follows a host's name: its score, then the next entry's opening (a dict so that a
-score outside the table raises KeyError rather than indexing a wrong one)."""
-_NEXT_HOST = len(b',{"Host":"')
-
-
-def _spliced_priorities(
-    hosts: Sequence[str], scores: Mapping[str, int], default: int
-) -> bytes | None:
-    """The HostPriorityList from `orjson.dumps(hosts)` split at its `","`; None if not exact.
-
-    In a JSON list of strings `","` occurs only between two items: a quote inside a name is
-    written `\\"`, so it never starts that sequence, and the closing quote before it is real.
-    """
-    encoded = orjson.dumps(hosts)
-    names = encoded[2:-2].split(b'","')
-    if len(encoded) < 4 or len(names) != len(hosts):
-        return None  # no hosts (or, defensively, a split that does not add up)
-    try:
-        if scores:
-            tails = list(
-                map(_SCORE_THEN_NEXT_HOST.__getitem__, map(scores.get, hosts, repeat(default)))
-            )
-        else:
-            tails = [_SCORE_THEN_NEXT_HOST[default]] * len(names)
-    except (KeyError, TypeError):
-        return None  # a score outside the table (not one we produce): the plain route
-    pieces: list[bytes] = [b""] * (2 * len(names))
-    pieces[0::2] = names
-    pieces[1::2] = tails
-    pieces[-1] = pieces[-1][:-_NEXT_HOST]
-    return b"[" + _HOST + b"".join(pieces) + b"]"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The spliced HostPriorityList is byte for byte what encoding a list of dicts gives."""
+"""Every HostPriorityList, from the memo or not, is byte for byte what a list of dicts gives."""
 
 from __future__ import annotations
 
