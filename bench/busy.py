@@ -49,7 +49,7 @@ from typing import Any
 
 import orjson
 
-from bench import bodies, driver, servers
+from bench import bodies, driver, report, servers
 from bench.generate import node_name
 from extender.heap import collector_paused
 
@@ -291,16 +291,6 @@ def _ms(values: list[float], p: float) -> float:
     return driver.percentile(values, p) * 1000.0 if values else 0.0
 
 
-def _paired(results: dict[str, list[RoundResult]]) -> float:
-    """The median over rounds of ours / null, each round against the null round beside it."""
-    ratios = [
-        mine.pods_per_s / base.pods_per_s
-        for mine, base in zip(results["ours"], results["null"], strict=True)
-        if base.pods_per_s
-    ]
-    return statistics.median(ratios) if ratios else 0.0
-
-
 def busy_rounds(
     plan: BusyPlan,
     fake: FakeApi,
@@ -384,11 +374,14 @@ def busy_rounds(
                     flush=True,
                 )
                 continue
+            paired = report.paired_ratio(
+                ours_line["pods_per_s_rounds"], null_line["pods_per_s_rounds"]
+            )
             print(
                 f"  busy {size:>5} names: pods/s ours {ours_line['pods_per_s']:7.0f} "
                 f"null {null_line['pods_per_s']:7.0f} "
                 f"({ours_line['pods_per_s'] / null_line['pods_per_s']:.2f}x, paired "
-                f"{_paired(results):.2f}x); filter p99 "
+                f"{paired or 0.0:.2f}x); filter p99 "
                 f"ours {ours_line['filter_p99_ms']:.2f} null {null_line['filter_p99_ms']:.2f} ms; "
                 f"filter p50 ours {ours_line['filter_p50_ms']:.2f} null "
                 f"{null_line['filter_p50_ms']:.2f}, prioritize p50 ours "

@@ -246,17 +246,22 @@ def _paced_markdown(lines: Sequence[Line]) -> list[str]:
     return out
 
 
-def _paired_ratio(mine: Line, base: Line) -> str:
-    """The median over rounds of ours / null, each round against the null round beside it.
+def paired_ratio(ours_rounds: Sequence[float], null_rounds: Sequence[float]) -> float | None:
+    """The median over rounds of ours / null, each round against the null round beside it
+    (None without rounds to pair).
 
     bench.busy alternates the two servers round by round, so a round and its neighbour saw the
     same load on the shared machine; the ratio of the two medians mixes rounds minutes apart.
     """
-    ours_rounds, null_rounds = mine.get("pods_per_s_rounds"), base.get("pods_per_s_rounds")
-    if not ours_rounds or not null_rounds or len(ours_rounds) != len(null_rounds):
-        return "-"
+    if len(ours_rounds) != len(null_rounds):
+        return None
     ratios = [o / n for o, n in zip(ours_rounds, null_rounds, strict=True) if n]
-    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+    return statistics.median(ratios) if ratios else None
+
+
+def _paired_cell(mine: Line, base: Line) -> str:
+    paired = paired_ratio(mine.get("pods_per_s_rounds") or [], base.get("pods_per_s_rounds") or [])
+    return "-" if paired is None else f"{paired:.2f}"
 
 
 def busy_markdown(lines: Sequence[Line]) -> list[str]:
@@ -286,7 +291,7 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
         ratio = mine["pods_per_s"] / base["pods_per_s"] if base["pods_per_s"] else float("inf")
         out.append(
             f"| {nodes:,} | {mine['pods_per_s']:,.0f} | {base['pods_per_s']:,.0f} | {ratio:.2f} "
-            f"| {_paired_ratio(mine, base)} "
+            f"| {_paired_cell(mine, base)} "
             f"| {_ms(mine['filter_p50_ms'])} / {_ms(mine['filter_p99_ms'])} "
             f"| {_ms(base['filter_p50_ms'])} / {_ms(base['filter_p99_ms'])} "
             f"| {_ms(mine['prioritize_p50_ms'])} / {_ms(mine['prioritize_p99_ms'])} "
