@@ -152,7 +152,10 @@ def _key(raw: RawObject) -> str:
 
 
 _QueueItem = bytes | str | asyncio.Event
-"""What a watcher's queue holds: lines to write, "close"/"abort", or a stall's gate."""
+"""What a watcher's queue holds: lines to write, "close"/"abort"/TIMED_OUT, or a stall's gate."""
+
+TIMED_OUT = "timed out"
+"""Queued when the watch's timeoutSeconds is up: the server ends it (with a BOOKMARK first)."""
 
 WRITE_BATCH_BYTES = 64 * 1024
 """The most one watch write gathers from what is already queued (the real server's buffered
@@ -815,26 +818,27 @@ class FakeApiServer:
         self._watchers.add(watcher)
         if self._stopping:
             self.break_streams()  # accepted just before the listener closed: cut it too
+        expiry: asyncio.TimerHandle | None = None
         try:
             await response.prepare(request)
             for batch in _write_batches(backlog):
                 await response.write(batch)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
+            # The server's timeoutSeconds arrives as an item in the queue: one timer per watch,
+            # not one per event (wait_for on every get cost the fake more CPU per event than
+            # writing it, on the same cores as the extender under test).
+            expiry = asyncio.get_running_loop().call_later(
+                timeout, watcher.queue.put_nowait, TIMED_OUT
+            )
             held: _QueueItem | None = None  # a control item met while gathering lines
             while True:
                 if held is not None:
                     item, held = held, None
                 else:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        if watcher.bookmarks:
-                            await response.write(self._bookmark_line(kind))
-                        break
-                    try:
-                        item = await asyncio.wait_for(watcher.queue.get(), remaining)
-                    except TimeoutError:
-                        continue
+                    item = await watcher.queue.get()
+                if item == TIMED_OUT:
+                    if watcher.bookmarks:
+                        await response.write(self._bookmark_line(kind))
+                    break
                 if isinstance(item, bytes):
                     # What is already queued goes out in one write: the real server flushes
                     # only once its event channel is empty (k8s.io/apiserver endpoints/
@@ -866,6 +870,8 @@ class FakeApiServer:
         except ConnectionResetError:
             pass  # the client went away: nothing to tell it
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._watchers.discard(watcher)
         return response
 
