@@ -26,6 +26,7 @@ from extender.core.podline import (
 from extender.core.pods import (
     LISTEN_ANNOTATION,
     PROTECTED_ANNOTATION,
+    TERMINAL_PHASES,
     NodePorts,
     PodPorts,
     cluster_reserved_claims,
@@ -505,11 +506,20 @@ class _PodSink:
         return may_hold_ports(raw) or pod_uid(raw) in self._cluster.pods_by_uid
 
 
+def _phase_kind(phase: object) -> object:
+    """What of a pod's phase decode_pod reads: terminal or not; a value that is not a string
+    (which the decoder notes as a problem) as itself, in a list so it equals neither."""
+    if isinstance(phase, str):
+        return "terminal" if phase in TERMINAL_PHASES else "live"
+    return [phase]
+
+
 def _port_shape(raw: RawObject) -> int | None:
     """A digest of every field `decode_pod` reads beyond the UID (None: not digestible).
 
     The whole spec (containers, init containers, hostNetwork, nodeName, schedulerName), the
-    two annotations it reads, and the phase; a status update changes none of them.
+    two annotations it reads, and whether the phase is terminal (a phase that is not a string
+    as itself: the decoder notes it); a status update changes none of them.
     """
     metadata = raw.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
@@ -525,7 +535,7 @@ def _port_shape(raw: RawObject) -> int | None:
                     annotations.get(PROTECTED_ANNOTATION)
                     if isinstance(annotations, dict)
                     else None,
-                    status.get("phase") if isinstance(status, dict) else status,
+                    _phase_kind(status.get("phase")) if isinstance(status, dict) else status,
                 ]
             )
         )

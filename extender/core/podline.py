@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from extender.core.pods import TERMINAL_PHASES
+
 PORT_WORDS = re.compile(rb"host(?:Network|Port|ports\.dev)")
 """A pod claims host ports only through these fields and annotations (see pods.may_hold_ports);
 one regular-expression pass over the line is ~2x faster than three substring searches."""
@@ -103,6 +105,7 @@ _SPEC = b',"spec":{'
 _STATUS = b'},"status":{'
 _PORT_ANNOTATIONS = re.compile(rb'"hostports\.dev/(?:listen|protected)":"(?:[^"\\]|\\.)*"')
 _PHASE = re.compile(rb'"phase":"[^"\\]*"')
+_TERMINAL_PHASES = frozenset(b'"phase":"%s"' % phase.encode() for phase in TERMINAL_PHASES)
 
 
 def raw_port_shape(line: bytes) -> int | None:
@@ -111,7 +114,9 @@ def raw_port_shape(line: bytes) -> int | None:
     same object state gives the same digest in both).
 
     The same fields as the cluster's decoded-object digest: the whole spec, the two
-    `hostports.dev/` annotations and the phase. In the API server's key order an object is
+    `hostports.dev/` annotations and whether the phase is terminal (the decoder reads nothing
+    else of it: a pod's Pending -> Running update is skipped too, while Succeeded or Failed,
+    which release its ports, is decoded). In the API server's key order an object is
     metadata, spec, status: the first `,"spec":{` is the spec's key (metadata holds no other
     unescaped `"spec"`; managedFields say `"f:spec"`), and the last `},"status":{` closes the
     spec (status is the last key). Anything the cut includes by mistake (a nested "status" in
@@ -127,7 +132,7 @@ def raw_port_shape(line: bytes) -> int | None:
         (
             line[spec_at:status_at],
             tuple(_PORT_ANNOTATIONS.findall(line, 0, spec_at)),
-            phase.group() if phase is not None else None,
+            phase.group() in _TERMINAL_PHASES if phase is not None else None,
         )
     )
 

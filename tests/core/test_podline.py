@@ -101,6 +101,8 @@ SHAPES: list[RawDict] = [
     pod("p", node="n1", ports=[port(80, 80)])
     | {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
     pod("p", node="n1", ports=[port(80, 80)], phase="Running"),
+    pod("p", node="n1", ports=[port(80, 80)], phase="Pending"),
+    pod("p", node="n1", ports=[port(80, 80)], phase="Failed"),
     pod("p", node="n1", ports=[port(80, 80)], annotations={"hostports.dev/protected": "true"}),
     pod("p", node="n1", ports=[port(80, 80)], annotations={"hostports.dev/listen": "22"}),
     pod("p", node="", ports=[port(80, 80)]),
@@ -186,9 +188,10 @@ def test_deleting_a_held_pod_that_lost_its_ports_is_still_applied() -> None:
 
 
 def test_a_status_update_of_a_held_pod_is_skipped_and_any_port_change_is_not() -> None:
-    """After a held pod's line was applied, a line differing only in status conditions (and
-    resourceVersion, managedFields) is skipped; one changing the spec, the port annotations or
-    the phase is decoded, and so is anything after a DELETED or for a reserved pod."""
+    """After a held pod's line was applied, a line differing only in its status (conditions,
+    a phase that stays not terminal, resourceVersion, managedFields) is skipped; one changing
+    the spec, the port annotations or making the phase terminal is decoded, and so is anything
+    after a DELETED or for a reserved pod."""
     cluster = Cluster(Settings())
     protected = {"hostports.dev/protected": "true"}
     base = pod("p", node="n1", ports=[port(80, 80)], annotations=protected)
@@ -203,10 +206,11 @@ def test_a_status_update_of_a_held_pod_is_skipped_and_any_port_change_is_not() -
     def status(tick: int) -> RawDict:
         return {"phase": "Running", "conditions": [{"type": "Ready", "lastProbeTime": str(tick)}]}
 
-    assert event(1, base, "ADDED") is None
-    assert event(2, base | {"status": status(2)}) is None  # first MODIFIED: shape learnt
+    pending = base | {"status": {"phase": "Pending"}}
+    assert event(1, pending, "ADDED") is None
+    assert event(2, pending) is None  # first MODIFIED: shape learnt
     record = cluster.pods_by_uid["uid-p"]
-    assert event(3, base | {"status": status(3)}) == "3"
+    assert event(3, base | {"status": status(3)}) == "3"  # Pending -> Running: nothing to read
     managed = dict(base, metadata=base["metadata"] | {"managedFields": [{"manager": "kubelet"}]})
     assert event(4, managed | {"status": status(4)}) == "4"
     assert cluster.pods_by_uid["uid-p"] is record

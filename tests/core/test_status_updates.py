@@ -23,6 +23,7 @@ SHAPES: list[RawDict] = [
     pod("p", node="n1", host_network=True, annotations={"hostports.dev/listen": "8126"}),
     pod("p", node="n1", host_network=True),
     pod("p", node="n1", ports=[port(80, 80)], phase="Succeeded"),
+    pod("p", node="n1", ports=[port(80, 80)], phase="Pending"),
     pod("p", node="n1"),
 ]
 
