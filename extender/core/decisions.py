@@ -59,7 +59,10 @@ def filter_pod(cluster: Cluster, pod: PodPorts, candidates: Collection[str]) -> 
 
     The candidates are walked in C: once per holder when the holders are few (a Deployment's
     hostPort replicas, the usual case), else once with a lookup each (`filterfalse`);
-    everything else is proportional to the nodes holding the pod's ports.
+    everything else is proportional to the nodes holding the pod's ports. A held name is refused
+    however often it is given; the lookup walk counts on distinct names (the scheduler's are)
+    to know that every holder was a candidate, so with a name repeated its rejections may also
+    name a holder that was not one.
     """
     wanted = pod.wanted
     ignore = (pod.uid, in_flight_owner(pod.uid))
