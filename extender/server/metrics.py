@@ -232,17 +232,22 @@ def _verb(request: web.Request) -> str:
     return canonical.strip("/") or "root"
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time every request into `hostport_extender_request_duration_seconds{verb,code}`."""
-    metrics = request.app[METRICS_KEY]
+async def timed(
+    metrics: Metrics | None, request: web.Request, answer: Awaitable[web.StreamResponse]
+) -> web.StreamResponse:
+    """Await `answer` (the request's response) and time it into
+    `hostport_extender_request_duration_seconds{verb,code}`, with the status sent; without
+    `metrics`, only await it. Shared by `metrics_middleware` and the extender's own middleware
+    (server/app.py `guard`, which times inside its one layer)."""
+    if metrics is None:
+        return await answer
     started = time.perf_counter()
     status: int | None = 500  # an exception that is not an HTTPException becomes a 500
     try:
-        response = await handler(request)
+        response = await answer
         status = response.status
         return response
-    except web.HTTPException as error:
+    except web.HTTPException as error:  # below 400 where a middleware answers the rest
         status = error.status
         raise
     except asyncio.CancelledError:
@@ -254,18 +259,24 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             metrics.time_request(request, status, time.perf_counter() - started)
 
 
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every request into `hostport_extender_request_duration_seconds{verb,code}`."""
+    return await timed(request.app[METRICS_KEY], request, handler(request))
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics in the Prometheus text format."""
     body = generate_latest(request.app[METRICS_KEY].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def install(app: web.Application, metrics: Metrics, *, timed: bool = True) -> None:
-    """Hang `metrics` on `app`, serve GET /metrics and (`timed`) time its requests with a
-    middleware of its own; call before startup. An app whose own middleware calls
-    `Metrics.time_request` (the extender's, see server/app.py) passes `timed=False`."""
+def install(app: web.Application, metrics: Metrics, *, middleware: bool = True) -> None:
+    """Hang `metrics` on `app`, serve GET /metrics and (`middleware`) time its requests with
+    `metrics_middleware`; call before startup. An app whose own middleware awaits its answers
+    through `timed` (the extender's, see server/app.py) passes `middleware=False`."""
     app[METRICS_KEY] = metrics
-    if timed:
+    if middleware:
         # Outermost, so the status timed is the one sent, after other middlewares turned
         # errors into answers.
         app.middlewares.insert(0, metrics_middleware)
