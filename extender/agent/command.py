@@ -437,7 +437,7 @@ async def _serve(args: argparse.Namespace) -> int:
         connection.server,
         connection.source,
     )
-    async with KubeApi(connection, request_timeout=PATCH_TIMEOUT) as api:
+    async with KubeApi(connection, request_timeout=PATCH_TIMEOUT, component="agent") as api:
         publisher = Publisher(settings.node, api_patcher(api), refresh=settings.refresh)
         await run_loop(settings, publisher, hooks=hooks)
     return 0

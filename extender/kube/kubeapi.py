@@ -22,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from extender import __version__
 from extender.errors import ExtenderError
 from extender.kube.kubeauth import Connection, KubeAuthError
 from extender.kube.listpage import ListPage, cut_list, kept_items
@@ -56,6 +57,8 @@ class Slices:
             self._started = time.perf_counter()
 
 
+USER_AGENT = f"hostport-extender/{__version__}"
+"""How every request introduces itself (aiohttp's own default names only Python and aiohttp)."""
 MAX_LINE_BYTES = 64 * 1024 * 1024
 """Longest watch line accepted: far above etcd's 1.5 MiB object limit, still a bound."""
 
@@ -110,11 +113,16 @@ class KubeApi:
         request_timeout: float = 30.0,
         max_line_bytes: int = MAX_LINE_BYTES,
         compression: bool = True,
+        component: str = "",
     ) -> None:
         """`compression`: ask for gzip (client-go's default, and what a one-shot tool on a
         laptop wants) or for the bytes as they are (`identity`: no CPU spent compressing and
-        inflating large lists; the extender's live mode, see Settings.api_compression)."""
+        inflating large lists; the extender's live mode, see Settings.api_compression).
+        `component` names the command in the User-Agent (`hostport-extender/0.1.0 (serve)`),
+        which the API server's audit log and request metrics record, as client-go's
+        `kube-scheduler/v1.36.0 (linux/amd64)` is."""
         self.connection = connection
+        self.user_agent = f"{USER_AGENT} ({component})" if component else USER_AGENT
         self._request_timeout = request_timeout
         self._max_line_bytes = max_line_bytes
         self._accept_encoding = "gzip" if compression else "identity"
@@ -310,7 +318,11 @@ class KubeApi:
                 auth = await asyncio.to_thread(fetch)
             except KubeAuthError as error:
                 raise ApiUnreachableError(str(error)) from error
-            headers = {"Accept": "application/json", "Accept-Encoding": self._accept_encoding}
+            headers = {
+                "Accept": "application/json",
+                "Accept-Encoding": self._accept_encoding,
+                "User-Agent": self.user_agent,
+            }
             if data is not None:
                 headers["Content-Type"] = content_type
             if auth.authorization:

@@ -128,7 +128,7 @@ class Live:
         compression: bool = False,
     ) -> None:
         """`compression`: ask the API server to gzip its lists (Settings.api_compression)."""
-        self.api = KubeApi(connection, compression=compression)
+        self.api = KubeApi(connection, compression=compression, component="serve")
         self._cluster = cluster
         rng = rng or random.Random()
         informer = functools.partial(

@@ -206,7 +206,7 @@ async def _live_node_names(kubeconfig: str | None, context: str | None) -> list[
     from extender.kube.kubeapi import KubeApi  # noqa: PLC0415
     from extender.kube.kubeauth import load_connection  # noqa: PLC0415
 
-    async with KubeApi(load_connection(kubeconfig, context)) as api:
+    async with KubeApi(load_connection(kubeconfig, context), component="kubectl-hostports") as api:
         items, _version = await api.list_all("/api/v1/nodes")
     return sorted(str(item.get("metadata", {}).get("name", "")) for item in items)
 

@@ -94,7 +94,7 @@ async def list_live(connection: Connection) -> SnapshotObjects:
     from extender.kube.kubeapi import KubeApi, KubeApiError  # noqa: PLC0415 (see list_objects)
 
     try:
-        async with KubeApi(connection) as api:
+        async with KubeApi(connection, component="tools") as api:
             nodes = await _list(api, "/api/v1/nodes")
             pods = await _list(api, "/api/v1/pods")
     except KubeApiError as error:

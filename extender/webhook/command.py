@@ -218,7 +218,7 @@ def lease_from_args(args: argparse.Namespace) -> LeaseWatch:
     from extender.kube.kubeauth import load_connection  # noqa: PLC0415
 
     connection = load_connection(args.kubeconfig, args.context)
-    api = KubeApi(connection, request_timeout=LEASE_REQUEST_TIMEOUT)
+    api = KubeApi(connection, request_timeout=LEASE_REQUEST_TIMEOUT, component="webhook")
     return LeaseWatch(api, namespace, name, poll_seconds=args.lease_poll_seconds)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from extender import __version__
 from extender.kube.kubeapi import (
     ApiStatusError,
     ApiUnreachableError,
@@ -151,3 +152,28 @@ async def test_401_reloads_credentials_once(fake: FakeApiServer, tmp_path: Path)
         fake.write_kubeconfig(tmp_path / "config", token="t2")
         items, _ = await api.list_all("/api/v1/nodes")
     assert len(items) == 2
+
+
+@pytest.mark.parametrize(
+    ("component", "agent"),
+    [
+        ("serve", f"hostport-extender/{__version__} (serve)"),
+        ("", f"hostport-extender/{__version__}"),
+    ],
+)
+async def test_every_request_names_the_extender_and_its_command(
+    fake: FakeApiServer, tmp_path: Path, component: str, agent: str
+) -> None:
+    """Lists, watches and bindings say who sends them (what an API server's audit log and
+    request metrics record), not aiohttp's default `Python/3.11 aiohttp/...`."""
+    fake.put("pods", pod("web", ports=[port(80, 80)]))
+    async with connect(fake, tmp_path, component=component) as api:
+        _items, rv = await api.list_all("/api/v1/pods", limit=10)
+        stream = await api.open_watch("/api/v1/pods", {"resourceVersion": rv}, timeout_seconds=1)
+        async with stream:
+            fake.put("pods", pod("web", ports=[port(80, 80)], annotations={"changed": "yes"}))
+            async for _event in stream:
+                break
+        uid = fake.get("pods", "default/web")["metadata"]["uid"]
+        await api.create_binding("default", "web", uid, "n1")
+    assert [r.user_agent for r in fake.requests] == [agent] * 3
