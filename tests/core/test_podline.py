@@ -83,6 +83,62 @@ def test_odd_lines_are_left_to_the_decoder(mangle: Any) -> None:
     assert portless_pod_event(mangle(line("MODIFIED", PLAIN))) is None
 
 
+_SCALAR = st.one_of(
+    st.text(alphabet='ab-"\\{}[],:\u00e9', max_size=6), st.integers(0, 99), st.none()
+)
+_MEMBER = st.one_of(
+    st.tuples(st.sampled_from(["name", "uid", "resourceVersion", "namespace"]), _SCALAR),
+    st.tuples(
+        st.sampled_from(["labels", "ownerReferences", "uid"]),
+        st.one_of(
+            st.dictionaries(st.sampled_from(["uid", "resourceVersion", "a"]), _SCALAR),
+            st.lists(st.fixed_dictionaries({"uid": _SCALAR}), max_size=2),
+        ),
+    ),
+)
+
+
+def _raw_object(members: list[tuple[str, Any]]) -> bytes:
+    """A JSON object written member by member: duplicate keys and any order survive."""
+    return b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in members) + b"}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]),
+    typed=st.booleans(),
+    metadata=st.lists(_MEMBER, max_size=6),
+    after=st.lists(_MEMBER, max_size=2),
+)
+def test_whatever_the_head_reads_is_what_a_decoder_reads(
+    kind: str, typed: bool, metadata: list[tuple[str, Any]], after: list[tuple[str, Any]]
+) -> None:
+    """Keys in any order, nested values before or after the UID, duplicates, escapes, numbers,
+    members after metadata: when the raw head answers, a JSON decoder says the same."""
+    head = b'{"kind":"Pod","apiVersion":"v1",' if typed else b"{"
+    obj = head + b'"metadata":' + _raw_object(metadata)
+    obj += b"".join(b"," + orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in after) + b"}"
+    raw_line = b'{"type":"' + kind.encode() + b'","object":' + obj + b"}"
+    event = portless_pod_event(raw_line)
+    if event is None:
+        return
+    decoded = orjson.loads(raw_line)
+    assert event.type == decoded["type"]
+    assert event.uid == decoded["object"]["metadata"]["uid"]
+    assert event.resource_version == decoded["object"]["metadata"]["resourceVersion"]
+
+
+def test_a_metadata_head_without_the_uid_or_cut_short_is_not_read() -> None:
+    """The UID after the first nested value, or after metadata's end, is not metadata's own."""
+    nested = line(
+        "MODIFIED", {"metadata": {"name": "a", "labels": {}, "uid": "u", "resourceVersion": "1"}}
+    )
+    assert portless_pod_event(nested) is None
+    outside = b'{"type":"ADDED","object":{"metadata":{"name":"a"},"uid":"u","resourceVersion":"1"}}'
+    assert portless_pod_event(outside) is None
+    assert portless_pod_event(b'{"type":"ADDED","object":{"metadata":{"uid":"u"') is None
+
+
 # --- the property: with or without the prefilter, the cluster ends up the same ----------------
 
 SHAPES: list[RawDict] = [
