@@ -1,25 +1,32 @@
 """The busy-cluster benchmark: a serial scheduler's throughput while pod events stream in.
 
     .venv/bin/python -m bench.busy [--quick] [--sizes 300,1000,5000] [--pods-per-node 30]
-        [--profile | --gc-pauses]
+        [--profile | --gc-pauses] [--without-scheduler-watch]
 
-Four processes on loopback: the fake API server (bench/busy_api.py, a generated 5,000-node
+Five processes on loopback: the fake API server (bench/busy_api.py, a generated 5,000-node
 cluster), our extender in live mode (`hostport-extender serve --kubeconfig ...`: real informers
-list and watch the fake), the null extender (bench/null_extender.py), and this driver. The
-driver is the scheduler: for each pod, the pod is created (ADDED), then filter over N node
-names, then prioritize over the names that passed, then the pod is bound to one of them (the
-binding's MODIFIED, and 50 ms later the kubelet's status MODIFIED). One pod in three asks a
-hostPort. Meanwhile kubelets update the status of other pods, without host ports, at 200
-events/s. Calls are serial, over one keep-alive connection, as the scheduler makes them.
+list and watch the fake), the null extender (bench/null_extender.py), the scheduler's pod watch
+(below), and this driver. The driver is the scheduler: for each pod, the pod is created
+(ADDED), then filter over N node names, then prioritize over the names that passed, then the
+pod is bound to one of them (the binding's MODIFIED, and 50 ms later the kubelet's status
+MODIFIED). One pod in three asks a hostPort. Meanwhile kubelets update the status of other
+pods, without host ports, at 200 events/s. Calls are serial, over one keep-alive connection,
+as the scheduler makes them.
 
-Rounds alternate between our extender and the null one. Nobody watches while the null extender
-is driven (the null extender has no informers), so the fake holds its watch events back then and
-delivers them before our next round; each round starts once our process is idle again.
+Rounds alternate between our extender and the null one. Our extender does not exist while the
+null one is driven (the null extender has no informers), so the fake holds our watch's events
+back then and delivers them before our next round; each round starts once our process is idle
+again. The scheduler's own pod informer watches in both (a real kube-scheduler lists and watches
+every pod whichever extender it calls): a fifth process, the bare watch client
+(bench/bare_watch.py), watches the fake's pods from before the first round to the end, and the
+fake, like the real API server's watch cache, encodes each event once for every watcher, so our
+watch costs it the write. `--without-scheduler-watch` runs the rounds as before that (nobody
+watches in the null's rounds, the fake streams to us alone), to compare the two harnesses.
 
 Reported per size: filter and prioritize p50/p99 and the pods/s the serial driver achieved
-(median of the rounds), ours beside null. Then, with no calls, the CPU time our process spends
-per 1,000 watch events (utime + stime from /proc/PID/stat, the idle rate subtracted), for pods
-without host ports and for pods with them.
+(median of the rounds), ours beside null, and the CPU each extender's process spends per pod.
+Then, with no calls, the CPU time our process spends per 1,000 watch events (utime + stime from
+/proc/PID/stat, the idle rate subtracted), for pods without host ports and for pods with them.
 
 The flat-out driver schedules 450-850 pods/s, 3-6x what a real kube-scheduler v1.36 did on this
 machine (92-144 pods/s, issue 15), so every watch event lands on top of the next call. Paced
@@ -222,7 +229,10 @@ class RoundResult:
     """Per scheduled pod: its filter and prioritize calls together."""
     unschedulable: int = 0
     cpu_s: float = 0.0
+    """CPU of the extender driven in this round (ours or null)."""
     fake_cpu_s: float = 0.0
+    watch_cpu_s: float = 0.0
+    """CPU of the scheduler's stand-in pod watch (0 without one)."""
     events: int = 0
 
     @property
@@ -299,10 +309,12 @@ def busy_rounds(
     scheduler: Scheduler,
     *,
     paced: bool = False,
+    watch_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     """Alternating rounds per size; one line per (size, server) with medians over rounds.
 
-    `paced`: the plan's paced rounds, at PACED_PODS_PER_S (lines of kind "busy-paced")."""
+    `paced`: the plan's paced rounds, at PACED_PODS_PER_S (lines of kind "busy-paced").
+    `watch_pid`: the scheduler's stand-in pod watch, whose CPU is reported too."""
     sizes, round_count, round_s = (
         (plan.paced_sizes, plan.paced_rounds, plan.paced_round_s)
         if paced
@@ -313,7 +325,8 @@ def busy_rounds(
     random.Random(1).shuffle(order)
     names = [node_name(index) for index in order]
     lines: list[dict[str, Any]] = []
-    clients = {s.name: driver.SerialClient(s) for s in (ours, null)}
+    servers_by_name = {s.name: s for s in (ours, null)}
+    clients = {name: driver.SerialClient(server) for name, server in servers_by_name.items()}
     fake.ask(f"churn {CHURN_PER_S} plain")
     try:
         for size in sizes:
@@ -325,11 +338,15 @@ def busy_rounds(
                     fake.ask("resume" if name == "ours" else "pause")
                     wait_idle(ours.process.pid)
                     events_before = fake.ask("stats")["events"]
-                    cpu_before = cpu_seconds(ours.process.pid)
+                    driven = servers_by_name[name].process.pid
+                    cpu_before = cpu_seconds(driven)
                     fake_before = cpu_seconds(fake.process.pid)
+                    watch_before = cpu_seconds(watch_pid) if watch_pid else 0.0
                     got = scheduler.run(clients[name], names_json, round_s, pods_per_s=pace)
-                    got.cpu_s = cpu_seconds(ours.process.pid) - cpu_before
+                    got.cpu_s = cpu_seconds(driven) - cpu_before
                     got.fake_cpu_s = cpu_seconds(fake.process.pid) - fake_before
+                    if watch_pid:
+                        got.watch_cpu_s = cpu_seconds(watch_pid) - watch_before
                     got.events = fake.ask("stats")["events"] - events_before
                     results[name].append(got)
             fake.ask("resume")
@@ -355,13 +372,18 @@ def busy_rounds(
                     "scheduler_with_null_pods_per_s": SCHEDULER_WITH_NULL_PODS_PER_S,
                     "unschedulable": sum(r.unschedulable for r in rounds),
                     "events_per_s": statistics.median(r.events / r.wall_s for r in rounds),
-                    "ours_cpu_ms_per_pod": statistics.median(
+                    "server_cpu_ms_per_pod": statistics.median(
                         1000 * r.cpu_s / max(1, r.pods) for r in rounds
                     ),
                     "fake_cpu_ms_per_pod": statistics.median(
                         1000 * r.fake_cpu_s / max(1, r.pods) for r in rounds
                     ),
+                    "scheduler_watch": watch_pid is not None,
+                    "watch_cpu_ms_per_pod": statistics.median(
+                        1000 * r.watch_cpu_s / max(1, r.pods) for r in rounds
+                    ),
                 }
+
                 lines.append(line)
             ours_line, null_line = lines[-2], lines[-1]
             if paced:
@@ -370,7 +392,8 @@ def busy_rounds(
                     f"p50 ours {ours_line['calls_p50_ms']:.2f} null "
                     f"{null_line['calls_p50_ms']:.2f} ms, p99 ours "
                     f"{ours_line['calls_p99_ms']:.2f} null {null_line['calls_p99_ms']:.2f}; "
-                    f"CPU ms/pod ours {ours_line['ours_cpu_ms_per_pod']:.2f}",
+                    f"CPU ms/pod ours {ours_line['server_cpu_ms_per_pod']:.2f} null "
+                    f"{null_line['server_cpu_ms_per_pod']:.2f}",
                     flush=True,
                 )
                 continue
@@ -386,9 +409,15 @@ def busy_rounds(
                 f"filter p50 ours {ours_line['filter_p50_ms']:.2f} null "
                 f"{null_line['filter_p50_ms']:.2f}, prioritize p50 ours "
                 f"{ours_line['prioritize_p50_ms']:.2f} null {null_line['prioritize_p50_ms']:.2f}; "
-                f"CPU ms/pod ours {ours_line['ours_cpu_ms_per_pod']:.2f}, fake "
-                f"{ours_line['fake_cpu_ms_per_pod']:.2f} (null rounds: "
-                f"{null_line['fake_cpu_ms_per_pod']:.2f})",
+                f"CPU ms/pod ours {ours_line['server_cpu_ms_per_pod']:.2f} null "
+                f"{null_line['server_cpu_ms_per_pod']:.2f}, fake "
+                f"{ours_line['fake_cpu_ms_per_pod']:.2f} / {null_line['fake_cpu_ms_per_pod']:.2f}"
+                + (
+                    f", scheduler's watch {ours_line['watch_cpu_ms_per_pod']:.2f} / "
+                    f"{null_line['watch_cpu_ms_per_pod']:.2f}"
+                    if watch_pid
+                    else ""
+                ),
                 flush=True,
             )
     finally:
@@ -556,8 +585,12 @@ def run(
     profile: Path | None = None,
     gc_only: bool = False,
     pods_per_node: int = PODS_PER_NODE,
+    scheduler_watch: bool = True,
 ) -> list[dict[str, Any]]:
-    """The whole busy-cluster benchmark; its JSON lines."""
+    """The whole busy-cluster benchmark; its JSON lines.
+
+    `scheduler_watch`: the scheduler's stand-in pod watch runs through the rounds (False: the
+    harness before it, where nobody watches in the null extender's rounds)."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as directory:
@@ -585,12 +618,26 @@ def run(
             ):
                 synced = wait_ready(ours)
                 print(f"busy: ours synced in {synced:.1f} s", flush=True)
-                with bare_watcher(kubeconfig, logs / "bare-watch.log") as bare:
-                    lines = cpu_per_event(plan, fake, ours, bare.pid)
                 maker = PodMaker(templates, seed)
                 scheduler = Scheduler(fake, maker, seed)
-                lines += busy_rounds(plan, fake, ours, null, scheduler)
-                lines += busy_rounds(plan, fake, ours, null, scheduler, paced=True)
+
+                def rounds(watch_pid: int | None) -> list[dict[str, Any]]:
+                    return [
+                        line
+                        for paced in (False, True)
+                        for line in busy_rounds(
+                            plan, fake, ours, null, scheduler, paced=paced, watch_pid=watch_pid
+                        )
+                    ]
+
+                # The bare watch client: the CPU phase's floor, then the scheduler's own pod
+                # watch through the rounds of both extenders.
+                with bare_watcher(kubeconfig, logs / "bare-watch.log") as bare:
+                    lines = cpu_per_event(plan, fake, ours, bare.pid)
+                    if scheduler_watch:
+                        lines += rounds(bare.pid)
+                if not scheduler_watch:
+                    lines += rounds(None)
                 names = orjson.dumps([node_name(index) for index in range(300)])
                 lines += stall_probes(fake, ours, maker, names)
                 rss, peak = servers.memory_mb(ours)
@@ -617,6 +664,12 @@ def main(argv: list[str] | None = None) -> int:
         "--gc-pauses", action="store_true", help="only record ours' collector pauses, same place"
     )
     parser.add_argument(
+        "--without-scheduler-watch",
+        action="store_true",
+        help="no stand-in for the scheduler's own pod watch in the rounds (the harness before "
+        "it: nobody watches in the null extender's rounds)",
+    )
+    parser.add_argument(
         "--pods-per-node",
         type=int,
         default=PODS_PER_NODE,
@@ -638,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=profile,
         gc_only=args.gc_pauses,
         pods_per_node=args.pods_per_node,
+        scheduler_watch=not args.without_scheduler_watch,
     )
     for line in lines:
         sys.stdout.buffer.write(orjson.dumps(line) + b"\n")

@@ -17,8 +17,10 @@ Commands, one per line on stdin; those marked * answer one line `ok {json}` on s
     churn RATE KIND       * status updates of existing pods at RATE events/s, round robin over
                             the pods without host ports (KIND plain) or with them (ports);
                             RATE 0 stops
-    pause                 * hold watch events back (nobody watches during the null's rounds)
-    resume                * deliver the held events, in order
+    pause                 * hold watch events back from our extender (User-Agent
+                            hostport-extender/...: it does not exist in the null's rounds);
+                            other watchers, the scheduler's stand-in, keep receiving them
+    resume                * deliver the held events to our extender, in order
     burst COUNT           * COUNT status updates of pods with host ports at once (one chunk)
     expire                * forget the history and end every watch with 410: a full relist
     stats                 * {"events": pod changes made so far, "churned": status updates}
@@ -40,6 +42,7 @@ import orjson
 from bench.generate import ClusterSpec, RawObject, generate_node, generate_pods_for_node
 from extender.core.pods import may_hold_ports
 from extender.heap import freeze_heap
+from extender.kube.kubeapi import USER_AGENT as OUR_USER_AGENT
 from tests.fakeapi import FakeApiServer
 
 TOKEN = "busy-bench"
@@ -192,7 +195,7 @@ class BusyApi:
             self.churn(float(rate), kind)
             return {"pool": len(self.pools[kind])}
         if verb == "pause":
-            self.fake.pause_watches()
+            self.fake.pause_watches(OUR_USER_AGENT)
             return {}
         if verb == "resume":
             self.fake.resume_watches()

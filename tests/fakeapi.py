@@ -197,6 +197,8 @@ class _Watcher:
     """Lines to write; "close"/"abort" end the stream; an Event holds it until set (a stall)."""
     covered_rv: int = 0
     """Changes up to this RV were sent as the backlog (or predate the watch)."""
+    user_agent: str = ""
+    """The client's User-Agent header (`pause_watches` can hold back one client's watches)."""
 
 
 @dataclass(slots=True)
@@ -228,6 +230,7 @@ class RecordedRequest:
     query: dict[str, str]
     authorization: str | None
     accept_encoding: str | None = None
+    user_agent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +301,9 @@ class FakeApiServer:
         self._injections: list[_Injection] = []
         self._hang_ups = 0
         self._token_ids = itertools.count(1)
-        self._paused = False
+        self._paused_agent: str | None = None
+        """While set, changes are held back from the watches whose User-Agent starts with it
+        ("" for every watch), in `_pending`, until `resume_watches`."""
         self._pending: list[_Change] = []
         self.after_list_page: Callable[[str], None] | None = None
         """Called after each list page is built: lets a test act between two pages."""
@@ -573,33 +578,52 @@ class FakeApiServer:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def pause_watches(self) -> None:
-        """Hold back events from open watches (a slow watch cache) until `resume_watches`."""
-        self._paused = True
+    def pause_watches(self, user_agent: str = "") -> None:
+        """Hold back events from open watches (a slow watch cache) until `resume_watches`: all
+        of them, or those of clients whose User-Agent starts with `user_agent` (the others keep
+        receiving, like the other clients of a real API server)."""
+        self._paused_agent = user_agent
 
     def resume_watches(self) -> None:
-        """Deliver the held-back events, in order."""
-        self._paused = False
+        """Deliver the held-back events, in order, to the watches they were held from."""
+        held_from = self._paused_agent
+        self._paused_agent = None
+        if held_from is None:
+            return
         for change in self._pending:
-            self._deliver(change)
+            self._deliver(change, lambda watcher: watcher.user_agent.startswith(held_from))
         self._pending.clear()
 
     def _record(self, change: _Change) -> None:
         self.history.append(change)
         while len(self.history) > self.history_limit:
             self.compacted_rv = self.history.popleft().rv
-        if self._paused:
-            self._pending.append(change)
-        else:
+        held_from = self._paused_agent
+        if held_from is None:
             self._deliver(change)
+            return
+        self._pending.append(change)
+        if held_from:
+            self._deliver(change, lambda watcher: not watcher.user_agent.startswith(held_from))
 
-    def _deliver(self, change: _Change) -> None:
+    def _deliver(self, change: _Change, to: Callable[[_Watcher], bool] | None = None) -> None:
+        """Queue `change` for every watch it concerns (of those `to` accepts, if given).
+
+        Each event type's line is encoded once per change, whoever watches: the real server
+        serializes an event once for all its watchers (the cacher's cachingObject), so a second
+        client watching the same pods costs it the write, not a second encoding.
+        """
+        encoded: dict[str, bytes] = {}
         for watcher in self._watchers:
-            if change.rv <= watcher.covered_rv:
+            if change.rv <= watcher.covered_rv or (to is not None and not to(watcher)):
                 continue
-            line = _event_line(change, watcher)
-            if line is not None:
-                watcher.queue.put_nowait(line)
+            kind = _event_type(change, watcher)
+            if kind is None:
+                continue
+            line = encoded.get(kind)
+            if line is None:
+                line = encoded[kind] = _encode_event(kind, _event_object(change, kind))
+            watcher.queue.put_nowait(line)
 
     def _bookmark_line(self, kind: str) -> bytes:
         obj = {
@@ -640,6 +664,7 @@ class FakeApiServer:
                 dict(request.query),
                 request.headers.get("Authorization"),
                 request.headers.get("Accept-Encoding"),
+                request.headers.get("User-Agent"),
             )
         )
         if self._stall is not None:
@@ -778,7 +803,13 @@ class FakeApiServer:
             raise _StatusError(400, "BadRequest", f"invalid allowWatchBookmarks {bookmarks!r}")
         timeout = _int_param(query, "timeoutSeconds", minimum=0) or 1800
         rv_text = query.get("resourceVersion", "")
-        watcher = _Watcher(kind, namespace, selector, bookmarks in ("true", "1"))
+        watcher = _Watcher(
+            kind,
+            namespace,
+            selector,
+            bookmarks in ("true", "1"),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
         backlog: list[bytes] = []
         expired: RawObject | None = None
         if rv_text in ("", "0"):
@@ -1055,6 +1086,13 @@ def _negotiated(request: web.Request, body: bytes) -> web.Response:
 
 def _event_line(change: _Change, watcher: _Watcher) -> bytes | None:
     """The line this watcher gets for `change`, or None (selector transitions: protocol.md §4)."""
+    kind = _event_type(change, watcher)
+    return None if kind is None else _encode_event(kind, _event_object(change, kind))
+
+
+def _event_type(change: _Change, watcher: _Watcher) -> str | None:
+    """The type of the event this watcher gets for `change`, or None (not its kind, or outside
+    its namespace or selector both before and after)."""
     if change.kind != watcher.kind:
         return None
 
@@ -1067,18 +1105,23 @@ def _event_line(change: _Change, watcher: _Watcher) -> bytes | None:
 
     now = change.type != "DELETED" and passes(change.obj)
     before = change.type != "ADDED" and passes(change.prev)
-    if now and not before:
-        kind, obj = "ADDED", change.obj
-    elif now and before:
-        kind, obj = "MODIFIED", change.obj
-    elif before:
-        # The previous content, with the event's resourceVersion (cacher convertToWatchEvent).
-        assert change.prev is not None
-        obj = _clone(change.prev)
-        obj["metadata"]["resourceVersion"] = str(change.rv)
-        kind = "DELETED"
-    else:
-        return None
+    if now:
+        return "MODIFIED" if before else "ADDED"
+    return "DELETED" if before else None
+
+
+def _event_object(change: _Change, kind: str) -> RawObject:
+    """The object an event of type `kind` carries for `change` (the same for every watcher)."""
+    if kind != "DELETED":
+        return change.obj
+    # The previous content, with the event's resourceVersion (cacher convertToWatchEvent).
+    assert change.prev is not None
+    obj = _clone(change.prev)
+    obj["metadata"]["resourceVersion"] = str(change.rv)
+    return obj
+
+
+def _encode_event(kind: str, obj: RawObject) -> bytes:
     return orjson.dumps({"type": kind, "object": obj}) + b"\n"
 
 

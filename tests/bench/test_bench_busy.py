@@ -83,7 +83,8 @@ def busy_line(server: str, pods_per_s: float, p99: float) -> dict[str, Any]:
     return {
         "kind": "busy", "server": server, "nodes": 300, "pods_per_s": pods_per_s,
         "filter_p50_ms": 1.0, "filter_p99_ms": p99, "prioritize_p50_ms": 1.0,
-        "prioritize_p99_ms": 2.0, "events_per_s": 600.0, "ours_cpu_ms_per_pod": 1.5,
+        "prioritize_p99_ms": 2.0, "events_per_s": 600.0,
+        "server_cpu_ms_per_pod": 1.5 if server == "ours" else 1.0,
     }  # fmt: skip
 
 
@@ -103,9 +104,13 @@ def test_busy_targets_compare_ours_with_the_null_extender(
     assert (throughput.met and tail.met) is met
     table = "\n".join(report.busy_markdown(lines))
     assert "| 300 |" in table
-    assert table.splitlines()[-1].endswith("| - / - |")  # lines without the fake's CPU
+    assert table.splitlines()[-1].endswith("| 1.50 / 1.00 | - / - |")  # without the fake's CPU
     lines[0]["fake_cpu_ms_per_pod"], lines[1]["fake_cpu_ms_per_pod"] = 0.45, 0.3
     assert "| 0.45 / 0.30 |" in "\n".join(report.busy_markdown(lines))
+    assert "nobody watches in the null's rounds" in table
+    for line in lines:
+        line["scheduler_watch"] = True
+    assert "the scheduler's own pod watch" in "\n".join(report.busy_markdown(lines))
 
 
 def test_the_paired_ratio_compares_each_round_with_its_neighbour() -> None:
@@ -125,11 +130,11 @@ def test_the_paired_ratio_compares_each_round_with_its_neighbour() -> None:
     assert [cell.strip() for cell in row.split("|")][5] == "-"
 
 
-def paced_line(server: str, calls_p50: float) -> dict[str, Any]:
+def paced_line(server: str, calls_p50: float, cpu_ms: float) -> dict[str, Any]:
     return {
         "kind": "busy-paced", "server": server, "nodes": 300, "calls_p50_ms": calls_p50,
         "calls_p99_ms": 3 * calls_p50, "pace_pods_per_s": 144.0,
-        "scheduler_with_null_pods_per_s": 100.0, "ours_cpu_ms_per_pod": 0.8,
+        "scheduler_with_null_pods_per_s": 100.0, "server_cpu_ms_per_pod": cpu_ms,
         "events_per_s": 450.0,
     }  # fmt: skip
 
@@ -139,8 +144,15 @@ def test_paced_rounds_report_the_time_per_pod_and_what_it_costs_a_scheduler() ->
     the pods/s a scheduler at 100 pods/s with the null extender would keep: 10 ms per cycle,
     0.5 ms more per pod gives 10 / 10.5."""
     lines = [busy_line("ours", 900.0, 3.0), busy_line("null", 1000.0, 2.0)]
-    table = report.busy_markdown([*lines, paced_line("ours", 1.5), paced_line("null", 1.0)])
+    paced = [paced_line("ours", 1.5, 0.8), paced_line("null", 1.0, 0.5)]
+    table = report.busy_markdown([*lines, *paced])
     row = next(line for line in table if line.startswith("| 300 | 1.50 / 4.50 |"))
-    assert row == "| 300 | 1.50 / 4.50 | 1.00 / 3.00 | 0.50 | 0.952 | 0.80 | 450 |"
+    assert row == "| 300 | 1.50 / 4.50 | 1.00 / 3.00 | 0.50 | 0.952 | 0.80 / 0.50 | 450 |"
+    # Lines from before the null extender's CPU was recorded: ours under its old name.
+    for line in paced:
+        line["ours_cpu_ms_per_pod"] = line.pop("server_cpu_ms_per_pod")
+    table = report.busy_markdown([*lines, *paced])
+    row = next(line for line in table if line.startswith("| 300 | 1.50 / 4.50 |"))
+    assert "| 0.80 / - |" in row
     assert any("Paced at 144 pods/s" in line for line in table)
     assert report.scheduler_ratio(-0.3, 100.0) == 1.0  # faster than null: no gain claimed

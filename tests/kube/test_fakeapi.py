@@ -455,3 +455,78 @@ async def test_a_large_list_is_gzipped_for_a_client_that_accepts_gzip(fake: Fake
                     assert len(body) > GZIP_THRESHOLD_BYTES
                 listed = orjson.loads(body)
                 assert len(listed["items"]) == (int(limit) if limit else 400)
+
+
+async def test_a_paused_client_gets_its_held_events_in_order_while_others_keep_watching(
+    fake: FakeApiServer, http: aiohttp.ClientSession
+) -> None:
+    """pause_watches(agent) holds back only that client's watches; the others see each change
+    at once, and on resume the held client gets exactly what it missed, in order, once."""
+    fake.put("pods", pod("p"))
+    params = {"watch": "1", "resourceVersion": str(fake.rv)}
+    held_agent = {"User-Agent": "hostport-extender/0.1.0 (serve)"}
+    other_agent = {"User-Agent": "kube-scheduler/v1.36.0 (linux/amd64)"}
+    url = fake.url + "/api/v1/pods"
+    async with (
+        http.get(url, params=params, headers=held_agent) as held,
+        http.get(url, params=params, headers=other_agent) as other,
+    ):
+        await eventually(lambda: fake.open_watches == 2)
+        fake.pause_watches("hostport-extender/")
+        fake.put("pods", pod("p", node="n1"))
+        fake.remove("pods", "ns/p")
+        seen = await read_events(other, 2)
+        assert [e["type"] for e in seen] == ["MODIFIED", "DELETED"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(held.content.readline(), 0.3)
+        fake.resume_watches()
+        fake.put("pods", pod("q"))
+        missed = await read_events(held, 3)
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in missed] == [
+            ("MODIFIED", "p"),
+            ("DELETED", "p"),
+            ("ADDED", "q"),
+        ]
+        assert [e["object"]["metadata"]["resourceVersion"] for e in missed[:2]] == [
+            e["object"]["metadata"]["resourceVersion"] for e in seen
+        ]
+        assert (await read_events(other, 1))[0]["object"]["metadata"]["name"] == "q"
+    assert {r.user_agent for r in fake.requests} == {
+        held_agent["User-Agent"],
+        other_agent["User-Agent"],
+    }
+
+
+async def test_a_change_is_encoded_once_for_every_watcher(
+    fake: FakeApiServer, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like the real server's cachingObject: three watches of the same pods get the same line,
+    serialized once; a watch whose selector turns the change into a DELETED gets its own."""
+    from tests import fakeapi  # noqa: PLC0415 (the module whose encoder is counted)
+
+    encoded: list[str] = []
+    real = fakeapi._encode_event
+
+    def counting(kind: str, obj: Any) -> bytes:
+        encoded.append(kind)
+        return real(kind, obj)
+
+    monkeypatch.setattr(fakeapi, "_encode_event", counting)
+    fake.put("pods", pod("p", phase="Running"))
+    params = {"watch": "1", "resourceVersion": str(fake.rv)}
+    running = {**params, "fieldSelector": "status.phase!=Succeeded"}
+    url = fake.url + "/api/v1/pods"
+    async with (
+        http.get(url, params=params) as first,
+        http.get(url, params=params) as second,
+        http.get(url, params=params) as third,
+        http.get(url, params=running) as selected,
+    ):
+        await eventually(lambda: fake.open_watches == 4)
+        fake.put("pods", pod("p", phase="Succeeded"))
+        lines = [await asyncio.wait_for(r.content.readline(), 5) for r in (first, second, third)]
+        gone = orjson.loads(await asyncio.wait_for(selected.content.readline(), 5))
+    assert lines[0] == lines[1] == lines[2]
+    assert orjson.loads(lines[0])["type"] == "MODIFIED"
+    assert gone["type"] == "DELETED"
+    assert sorted(encoded) == ["DELETED", "MODIFIED"]
