@@ -325,7 +325,7 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
                 f"Watch events only, pods {what} host ports: {line['events']:,} status updates "
                 f"at {line['rate']}/s; ours {line['cpu_s'] * 1000:.0f} ms CPU (idle rate "
                 f"{line['idle_cpu_s'] * 1000:.0f} ms of it) = "
-                f"**{line['cpu_ms_per_1000']:.1f} ms per 1,000 events** (/proc/PID/stat; "
+                f"**{line['cpu_ms_per_1000']:.1f} ms per 1,000 events** (schedstat; "
                 f"the rounds: {', '.join(map(str, line.get('rounds_ms_per_1000', [])))} ms)"
                 + _bare_watch(line)
                 + "."

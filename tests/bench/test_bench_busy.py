@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import orjson
@@ -61,10 +62,19 @@ async def test_the_scheduler_traffic_creates_binds_and_starts_pods() -> None:
 
 
 def test_cpu_seconds_reads_this_process() -> None:
-    """utime + stime from /proc/PID/stat: positive, and it grows with work."""
-    before = busy.cpu_seconds(os.getpid())
+    """Time on a CPU from schedstat: positive, it grows with work by about the work's own CPU
+    time, and a few microseconds of work show (10 ms clock ticks would not)."""
+    before, clock = busy.cpu_seconds(os.getpid()), time.process_time()
     sum(i * i for i in range(3_000_000))
-    assert busy.cpu_seconds(os.getpid()) > before > 0
+    spent, measured = time.process_time() - clock, busy.cpu_seconds(os.getpid()) - before
+    assert before > 0
+    assert measured == pytest.approx(spent, rel=0.2, abs=0.02)
+    time.sleep(0.005)  # runtime is booked when the thread leaves the CPU
+    before, clock = busy.cpu_seconds(os.getpid()), time.process_time()
+    while time.process_time() - clock < 0.003:
+        pass
+    time.sleep(0.005)
+    assert 0.002 < busy.cpu_seconds(os.getpid()) - before < 0.008  # ticks: 0 or 0.01
 
 
 def test_the_rejection_scenario_is_rejected_on_every_node() -> None:
