@@ -68,7 +68,7 @@ def pod_event_head(line: bytes) -> PodEventHead | None:
     Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
     sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
     Every pod event passes here, so it reads the line in place (bounded finds, no slices but
-    the two values): a regular expression over the head cost twice as much.
+    the two values); a regular expression over the head cost more.
     """
     if not line.endswith(b"}}") and not line.rstrip().endswith(b"}}"):
         return None  # (rstrip copies the line: only for the rare line with trailing space)
