@@ -8,7 +8,9 @@ watch is open.
 
 bench/busy.py reads its CPU time from /proc beside ours in the same windows: what it spends is
 the cost of being woken for a stream of events on this machine (selector, transport, aiohttp's
-HTTP parser, the task), which any watching extender pays before it looks at an event. It runs on
+HTTP parser, the task), which any watching extender pays before it looks at an event. Through
+the busy rounds it also stands in for the scheduler's own pod informer, watching in the rounds
+of both extenders as a real kube-scheduler's does. It runs on
 the loop `serve` runs on by default (uvloop). Measured on the 2 shared cores this was written on,
 on asyncio: ~280 us of CPU per wake-up at 100 wake-ups a second, whatever the heap size.
 """

@@ -391,7 +391,6 @@ def busy_rounds(
                         1000 * r.watch_cpu_s / max(1, r.pods) for r in rounds
                     ),
                 }
-
                 lines.append(line)
             ours_line, null_line = lines[-2], lines[-1]
             if paced:

@@ -603,8 +603,7 @@ class FakeApiServer:
             self._deliver(change)
             return
         self._pending.append(change)
-        if held_from:
-            self._deliver(change, lambda watcher: not watcher.user_agent.startswith(held_from))
+        self._deliver(change, lambda watcher: not watcher.user_agent.startswith(held_from))
 
     def _deliver(self, change: _Change, to: Callable[[_Watcher], bool] | None = None) -> None:
         """Queue `change` for every watch it concerns (of those `to` accepts, if given).

@@ -106,15 +106,12 @@ def _metadata_start(data: bytes, at: int) -> int:
 def _metadata_head_end(data: bytes, start: int) -> int:
     """The end of metadata's leading scalars: its first nested value or its own end (`start`,
     an empty head, if neither occurs)."""
-    end = data.find(b"{", start)
-    found = end >= 0
-    if not found:
-        end = len(data)
-    for mark in (b"[", b"}"):  # only before what is found so far: short, bounded searches
+    end = len(data)
+    for mark in (b"{", b"[", b"}"):  # each bounded by what was found before it: short searches
         at = data.find(mark, start, end)
         if at >= 0:
-            end, found = at, True
-    return end if found else start
+            end = at
+    return end if end < len(data) else start
 
 
 _SPEC = b',"spec":{'

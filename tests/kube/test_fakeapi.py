@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from extender.webhook import certs
+from tests import fakeapi
 from tests.fakeapi import GZIP_THRESHOLD_BYTES, FakeApiServer, Pki, eventually
 
 AUTH = {"Authorization": "Bearer token-1"}
@@ -502,8 +503,6 @@ async def test_a_change_is_encoded_once_for_every_watcher(
 ) -> None:
     """Like the real server's cachingObject: three watches of the same pods get the same line,
     serialized once; a watch whose selector turns the change into a DELETED gets its own."""
-    from tests import fakeapi  # noqa: PLC0415 (the module whose encoder is counted)
-
     encoded: list[str] = []
     real = fakeapi._encode_event
 
