@@ -624,7 +624,11 @@ def run(
                 servers.running("ours", ours_command, logs) as ours,
             ):
                 synced = wait_ready(ours)
-                print(f"busy: ours synced in {synced:.1f} s", flush=True)
+                synced_rss, _peak = servers.memory_mb(ours)
+                print(
+                    f"busy: ours synced in {synced:.1f} s, {synced_rss:.0f} MB resident",
+                    flush=True,
+                )
                 maker = PodMaker(templates, seed)
                 scheduler = Scheduler(fake, maker, seed)
 
@@ -650,7 +654,7 @@ def run(
                 rss, peak = servers.memory_mb(ours)
                 for line in lines:
                     line["ours_rss_mb"], line["ours_peak_rss_mb"] = rss, peak
-                    line["ours_sync_s"] = synced
+                    line["ours_sync_s"], line["ours_synced_rss_mb"] = synced, synced_rss
     return lines
 
 

@@ -275,6 +275,11 @@ def _paired_cell(mine: Line, base: Line) -> str:
     return "-" if paired is None else f"{paired:.2f}"
 
 
+def _synced_rss(line: Line) -> str:
+    rss = line.get("ours_synced_rss_mb")
+    return "" if rss is None else f", {rss:.0f} MB resident once synced"
+
+
 def busy_markdown(lines: Sequence[Line]) -> list[str]:
     """The busy-cluster table: ours in live mode beside the null extender, per size."""
     ours, null = _busy(lines, OURS), _busy(lines, NULL)
@@ -284,7 +289,8 @@ def busy_markdown(lines: Sequence[Line]) -> list[str]:
     out = [
         "",
         "Busy cluster (`bench/busy.py`: ours in live mode, watching a fake API server with "
-        f"{first.get('ours_sync_s', 0):.1f} s initial sync; serial create, filter, "
+        f"{first.get('ours_sync_s', 0):.1f} s initial sync{_synced_rss(first)}; serial "
+        "create, filter, "
         "prioritize, bind; 1 pod in 3 with a hostPort; 200 status events/s of other pods; "
         "medians of alternating rounds; the paired ratio is the median of each round's ours / "
         "null with the null round next to it, steadier when the machine's load drifts; "

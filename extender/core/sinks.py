@@ -7,10 +7,12 @@ ports. This Protocol is the only thing they share, so either side can be tested 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 RawObject = dict[str, Any]
 """An undecoded Kubernetes object as parsed by orjson (a Pod or a Node)."""
+Listed = TypeVar("Listed")
+Item = TypeVar("Item")
 
 
 class ObjectSink(Protocol):
@@ -27,11 +29,18 @@ class ObjectSink(Protocol):
 
 
 @runtime_checkable
-class SteppedSink(ObjectSink, Protocol):
-    """A sink that can also take a (re)list a step at a time, so the caller can yield between."""
+class SteppedSink(ObjectSink, Protocol[Listed]):
+    """A sink that can also take a (re)list a step at a time, so the caller can yield between,
+    and keeps of each listed object only a compact form while the list is being fetched."""
 
-    def replace_in_steps(self, raws: list[RawObject]) -> Iterator[None]:
-        """`replace(raws)`, pausing (yielding) after each object; done when exhausted.
+    def compact(self, raw: RawObject) -> Listed | None:
+        """What a (re)list keeps of one listed object until the list is complete; None if the
+        object cannot change the state. Called as the list's pages arrive, so each raw object
+        is freed right after it is decoded; it must change nothing itself."""
+
+    def replace_in_steps(self, listed: list[Listed]) -> Iterator[None]:
+        """`replace` with the list's objects in `compact` form, pausing (yielding) after each
+        object; done when exhausted.
 
         Objects are applied first and the vanished ones released at the end, so between two
         steps the state holds at least every port the list shows, never fewer. The list is
@@ -39,14 +48,14 @@ class SteppedSink(ObjectSink, Protocol):
         """
 
 
-def consumed(raws: list[RawObject]) -> Iterator[RawObject]:
-    """The items of `raws` in order, each dropped from the list as it is handed out.
+def consumed(items: list[Item]) -> Iterator[Item]:
+    """The items of `items` in order, each dropped from the list as it is handed out.
 
     A decoded list of 30,000 pods is ~3 million objects, and freeing them in one `del` held the
     event loop for 262 ms; taken this way, each object is freed in the step that applied it,
-    inside the caller's time slices. `raws` is empty afterwards.
+    inside the caller's time slices. `items` is empty afterwards.
     """
-    raws.reverse()
-    pop = raws.pop
-    while raws:
+    items.reverse()
+    pop = items.pop
+    while items:
         yield pop()

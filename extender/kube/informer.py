@@ -3,7 +3,8 @@
 The loop imitates client-go's Reflector (protocol.md §5.5) where it matters for a port index:
 
 - paginated LIST (consistent snapshot), `sink.replace(items)`, so objects that vanished while
-  we were away release their ports (the sink diffs; the Python client's informer does not);
+  we were away release their ports (the sink diffs; the Python client's informer does not); a
+  SteppedSink gets each item in its compact form as the pages arrive, and the list in steps;
 - WATCH from the list's resourceVersion with `allowWatchBookmarks=true` and a server timeout of
   `watch_timeout * [1, 2)`; every event moves the resourceVersion, BOOKMARK moves only that;
 - 410 Gone (HTTP status, ERROR event, or an expired continue token) relists at once from a
@@ -331,18 +332,27 @@ class Informer:
         # among them stalled every request for ~0.45 s (bench.busy's relist probe). They hold
         # no cycles, and reference counting frees them once the list is applied.
         with collector_paused():
-            items, rv = await self._api.list_all(
-                self.resource.path,
-                field_selector=self.resource.field_selector,
-                limit=self._page_size,
-                keep=self._listable,
-            )
-            count = len(items)
             if isinstance(self._sink, SteppedSink):
-                await self._replace_in_slices(self._sink, items)  # empties items as it goes
+                listed, rv = await self._api.list_converted(
+                    self.resource.path,
+                    self._compact_with(self._sink),
+                    field_selector=self.resource.field_selector,
+                    limit=self._page_size,
+                    keep=self._listable,
+                )
+                count = len(listed)
+                await self._replace_in_slices(self._sink, listed)  # empties listed as it goes
+                del listed
             else:
+                items, rv = await self._api.list_all(
+                    self.resource.path,
+                    field_selector=self.resource.field_selector,
+                    limit=self._page_size,
+                    keep=self._listable,
+                )
+                count = len(items)
                 self._feed(self._sink.replace, items)
-            del items
+                del items
             # What the list added lives on (the index records): out of the collector's reach,
             # or the first young collection afterwards scans all of it at once (a 65-72 ms
             # stall after relisting 30,000 pods) and a full one later does again.
@@ -405,11 +415,25 @@ class Informer:
         self._last_event_at = self._clock()
         self._observer.event(self.resource.name)
 
-    async def _replace_in_slices(self, sink: SteppedSink, items: list[RawObject]) -> None:
+    def _compact_with(self, sink: SteppedSink[_T]) -> Callable[[RawObject], _T | None]:
+        """`sink.compact`, where a listed object it chokes on is logged, counted and left out
+        (as a watch event would be, see `_feed`) rather than ending the list."""
+
+        def compact(raw: RawObject) -> _T | None:
+            try:
+                return sink.compact(raw)
+            except Exception:
+                self._sink_errors += 1
+                log.exception("%s: the sink rejected a listed object", self.resource.name)
+                return None
+
+        return compact
+
+    async def _replace_in_slices(self, sink: SteppedSink[_T], listed: list[_T]) -> None:
         """Hand a list over a step at a time, yielding to requests every SLICE_SECONDS of work."""
         slices = kubeapi.Slices()
         try:
-            for _ in sink.replace_in_steps(items):
+            for _ in sink.replace_in_steps(listed):
                 await slices.yield_if_due()
         except Exception:
             self._sink_errors += 1

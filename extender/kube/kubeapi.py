@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -36,6 +36,9 @@ LineFilter = Callable[[bytes], str | None]
 
 ItemFilter = Callable[[bytes], bool]
 """Given a raw LIST item: whether to decode it (False: the caller has no use for it)."""
+
+Converted = TypeVar("Converted")
+"""What `KubeApi.list_converted` keeps of each listed item."""
 
 SLICE_SECONDS = 0.0005
 """Longest run of watch lines handled without letting other tasks (requests) run."""
@@ -165,7 +168,30 @@ class KubeApi:
         A 410 on a continue token surfaces as ApiStatusError(410): the caller restarts the list,
         as the inconsistent continuation the server offers could miss deletions.
         """
-        items: list[RawObject] = []
+        return await self.list_converted(
+            path, _as_is, field_selector=field_selector, limit=limit, keep=keep
+        )
+
+    async def list_converted(
+        self,
+        path: str,
+        convert: Callable[[RawObject], Converted | None],
+        *,
+        field_selector: str = "",
+        limit: int = 500,
+        keep: ItemFilter | None = None,
+    ) -> tuple[list[Converted], str]:
+        """`list_all`, each item handed to `convert` as soon as it is decoded and kept only as
+        what `convert` returns (None: dropped).
+
+        An informer keeps a few hundred bytes of each listed pod, not the ~20 KB of Python
+        objects its decoded JSON is: holding every decoded item until the list was complete
+        left the extender at ~500 MB resident after listing 21,000 pods that may hold ports,
+        most of it allocator arenas that the freed objects had fragmented. Here one raw item
+        is alive at a time (a page that cannot be cut: one page). `convert` must have no effect
+        beyond its result: a page whose cut proves wrong is converted again, decoded whole.
+        """
+        items: list[Converted] = []
         token = ""
         while True:
             params = {"limit": str(limit)}
@@ -173,7 +199,7 @@ class KubeApi:
                 params["fieldSelector"] = field_selector
             if token:
                 params["continue"] = token
-            page, metadata = await self._list_page(path, params, keep)
+            page, metadata = await self._list_page(path, params, keep, convert)
             items.extend(page)
             token = metadata.get("continue") or ""
             if not token:
@@ -183,9 +209,14 @@ class KubeApi:
                 return items, str(rv)
 
     async def _list_page(
-        self, path: str, params: Mapping[str, str], keep: ItemFilter | None
-    ) -> tuple[list[RawObject], RawObject]:
-        """One page's items and metadata, decoded an item at a time between other tasks.
+        self,
+        path: str,
+        params: Mapping[str, str],
+        keep: ItemFilter | None,
+        convert: Callable[[RawObject], Converted | None],
+    ) -> tuple[list[Converted], RawObject]:
+        """One page's converted items and metadata, decoded an item at a time between other
+        tasks.
 
         A 500-pod page decoded in one call held the event loop for ~21 ms (bench.busy's relist
         probe); cut into items (extender/kube/listpage.py) it yields every SLICE_SECONDS. An
@@ -193,16 +224,16 @@ class KubeApi:
         """
         data = await self._read("GET", path, params=params)
         cut = cut_list(data)
-        items = await _decode_in_slices(cut, keep) if cut is not None else None
+        items = await _convert_in_slices(cut, keep, convert) if cut is not None else None
         if cut is not None and items is not None:
-            page: object = items
-            metadata = cut.envelope.get("metadata")
-        else:
-            raw_list = _decode_object("GET", path, data)  # not cut, or cut wrong: whole
-            page, metadata = raw_list.get("items"), raw_list.get("metadata")
-        if not isinstance(page, list | None) or not isinstance(metadata, dict):
+            return items, _list_metadata(path, cut.envelope.get("metadata"))
+        raw_list = _decode_object("GET", path, data)  # not cut, or cut wrong: whole
+        page, metadata = raw_list.get("items"), raw_list.get("metadata")
+        if not isinstance(page, list | None):
             raise WatchStreamError(f"GET {path}: the answer is not a Kubernetes list")
-        return page or [], metadata
+        metadata = _list_metadata(path, metadata)
+        del raw_list
+        return await _convert_decoded_in_slices(path, page or [], convert), metadata
 
     async def open_watch(
         self,
@@ -460,17 +491,52 @@ def _progress(resource_version: str) -> RawEvent:
     return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
 
 
-async def _decode_in_slices(page: ListPage, keep: ItemFilter | None) -> list[RawObject] | None:
-    """listpage.kept_items, with a yield to other tasks every SLICE_SECONDS; None if one piece
-    is not a whole JSON object."""
-    items: list[RawObject] = []
+async def _convert_in_slices(
+    page: ListPage, keep: ItemFilter | None, convert: Callable[[RawObject], Converted | None]
+) -> list[Converted] | None:
+    """listpage.kept_items, each converted as it is decoded, with a yield to other tasks every
+    SLICE_SECONDS; None if one piece is not a whole JSON object."""
+    items: list[Converted] = []
     slices = Slices()
     for item in kept_items(page, keep):
         if item is None:
             return None
-        items.append(item)
+        converted = convert(item)
+        del item  # freed here, before the next item is decoded
+        if converted is not None:
+            items.append(converted)
         await slices.yield_if_due()
     return items
+
+
+async def _convert_decoded_in_slices(
+    path: str, page: list[Any], convert: Callable[[RawObject], Converted | None]
+) -> list[Converted]:
+    """A page decoded whole, converted an item at a time (each raw item dropped once
+    converted) with a yield to other tasks every SLICE_SECONDS."""
+    items: list[Converted] = []
+    slices = Slices()
+    page.reverse()
+    while page:
+        item = page.pop()
+        if not isinstance(item, dict):
+            raise WatchStreamError(f"GET {path}: a list item is not a JSON object")
+        converted = convert(item)
+        del item
+        if converted is not None:
+            items.append(converted)
+        await slices.yield_if_due()
+    return items
+
+
+def _as_is(raw: RawObject) -> RawObject:
+    return raw
+
+
+def _list_metadata(path: str, metadata: object) -> RawObject:
+    if not isinstance(metadata, dict):
+        raise WatchStreamError(f"GET {path}: the answer is not a Kubernetes list")
+    return metadata
 
 
 def _decode_object(method: str, path: str, data: bytes) -> RawObject:

@@ -118,9 +118,13 @@ def test_busy_targets_compare_ours_with_the_null_extender(
     lines[0]["fake_cpu_ms_per_pod"], lines[1]["fake_cpu_ms_per_pod"] = 0.45, 0.3
     assert "| 0.45 / 0.30 |" in "\n".join(report.busy_markdown(lines))
     assert "nobody watches in the null's rounds" in table
+    assert "resident once synced" not in table
     for line in lines:
         line["scheduler_watch"] = True
-    assert "the scheduler's own pod watch" in "\n".join(report.busy_markdown(lines))
+        line["ours_sync_s"], line["ours_synced_rss_mb"] = 3.5, 123.4
+    table = "\n".join(report.busy_markdown(lines))
+    assert "the scheduler's own pod watch" in table
+    assert "3.5 s initial sync, 123 MB resident once synced" in table
 
 
 def test_the_paired_ratio_compares_each_round_with_its_neighbour() -> None:

@@ -294,7 +294,9 @@ def test_after_a_list_the_first_status_update_is_skipped_too(typed_item: bool) -
     item = orjson.dumps(raw)
     assert cluster.pods.listable(item)
     assert not cluster.pods.listable(orjson.dumps(go_ordered(pod("q", node="n1"), "5")))
-    list(cluster.pods.replace_in_steps([orjson.loads(item)]))
+    listed = cluster.pods.compact(orjson.loads(item))
+    assert listed is not None
+    list(cluster.pods.replace_in_steps([listed]))
     ready = go_ordered(pod("p", node="n1", ports=[port(80, 80)]), "6")
     ready["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     assert cluster.pods.skippable(line("MODIFIED", ready)) == "6"

@@ -72,23 +72,46 @@ def test_a_relist_in_steps_equals_the_relist_at_once(
     vanished = len(set(nodes_before) - set(nodes_after)) + len(
         {name for name in before if in_steps.holds_pod(f"uid-{name}")} - set(after)
     )
-    listed = len(nodes) + len(pods)
-    steps = list(in_steps.nodes.replace_in_steps(nodes)) + list(
-        in_steps.pods.replace_in_steps(pods)
+    listed_nodes = [in_steps.nodes.compact(raw) for raw in nodes]
+    listed_pods = [kept for raw in pods if (kept := in_steps.pods.compact(raw)) is not None]
+    listed = len(listed_nodes) + len(listed_pods)
+    steps = list(in_steps.nodes.replace_in_steps(listed_nodes)) + list(
+        in_steps.pods.replace_in_steps(listed_pods)
     )
     assert len(steps) == listed + vanished  # a step per listed object, then per one released
     assert state(in_steps) == state(at_once)
-    assert nodes == []  # consumed: each object freed in its own step
-    assert pods == []
+    assert listed_nodes == []  # consumed: each object freed in its own step
+    assert listed_pods == []
 
 
 def test_between_steps_the_listed_ports_are_already_held() -> None:
     """Mid-relist the index holds the listed pods' ports; vanished pods go only at the end."""
     cluster = Cluster(Settings())
     cluster.pods.replace([pod("old", node="n1", ports=[port(80, 80)])])
-    steps = cluster.pods.replace_in_steps([pod("new", node="n2", ports=[port(81, 81)])])
+    listed = cluster.pods.compact(pod("new", node="n2", ports=[port(81, 81)]))
+    assert listed is not None
+    steps = cluster.pods.replace_in_steps([listed])
     next(steps)
     held = {(c[0], c[1], c[3]) for c in cluster.index.fingerprint()}
     assert held == {("uid-old", "n1", 80), ("uid-new", "n2", 81)}
     assert list(steps) == [None]  # the release of "old", a step of its own
     assert {(c[0], c[3]) for c in cluster.index.fingerprint()} == {("uid-new", 81)}
+
+
+def test_a_relist_keeps_the_record_of_a_pod_whose_ports_did_not_change() -> None:
+    """A listed pod the index holds in the same shape keeps its record (no second copy while
+    the list is fetched); one whose ports changed is decoded again."""
+    cluster = Cluster(Settings())
+    same, moved = pod("same", node="n1", ports=[port(80, 80)]), pod("moved", node="n1")
+    moved["spec"]["containers"][0]["ports"] = [port(81, 81)]
+    cluster.pods.upsert(same)
+    cluster.pods.upsert(moved)
+    held = dict(cluster.pods_by_uid)
+    moved["spec"]["containers"][0]["ports"] = [port(82, 82)]
+    listed = [kept for raw in (same, moved) if (kept := cluster.pods.compact(raw)) is not None]
+    assert len(listed) == 2
+    assert listed[0][0] is held["uid-same"]
+    assert listed[1][0] is not held["uid-moved"]
+    list(cluster.pods.replace_in_steps(listed))
+    assert cluster.pods_by_uid["uid-same"] is held["uid-same"]
+    assert [claim.first for claim in cluster.pods_by_uid["uid-moved"].claims] == [82]

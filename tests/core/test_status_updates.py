@@ -95,7 +95,9 @@ def test_a_status_update_keeps_the_record_and_a_spec_change_replaces_it() -> Non
 def test_a_relist_remembers_shapes_for_the_status_updates_after_it() -> None:
     """After a relist, the first status update of a listed pod is recognised too."""
     cluster = Cluster(Settings())
-    list(cluster.pods.replace_in_steps([with_status(SHAPES[1], 1)]))
+    listed = cluster.pods.compact(with_status(SHAPES[1], 1))
+    assert listed is not None
+    list(cluster.pods.replace_in_steps([listed]))
     held = cluster.pods_by_uid["uid-p"]
     cluster.pods.upsert(with_status(SHAPES[1], 2))
     assert cluster.pods_by_uid["uid-p"] is held

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from extender.core.cluster import Cluster
 from extender.kube.informer import NODES, PODS, Backoff, Informer
 from extender.kube.kubeapi import KubeApi
 from extender.kube.kubeauth import load_connection
+from extender.settings import Settings
 from tests.fakeapi import FakeApiServer, RecordingSink, eventually, versions
 
 SELECTOR = PODS.field_selector
@@ -301,6 +303,52 @@ async def test_a_sink_error_skips_one_object_not_the_stream(stack: Stack) -> Non
             await asyncio.gather(task, return_exceptions=True)
     assert informer.status().sink_errors == 1
     assert "default/poison" not in sink.objects
+
+
+class PickyPodIndex:
+    """A cluster's pod sink (a SteppedSink) whose decoder chokes on one listed pod."""
+
+    def __init__(self) -> None:
+        self.cluster = Cluster(Settings())
+
+    def compact(self, raw: dict[str, Any]) -> Any:
+        if raw["metadata"]["name"] == "poison":
+            raise ValueError("cannot decode")
+        return self.cluster.pods.compact(raw)
+
+    def replace_in_steps(self, listed: list[Any]) -> Iterator[None]:
+        return self.cluster.pods.replace_in_steps(listed)
+
+    def upsert(self, raw: dict[str, Any]) -> None:
+        self.cluster.pods.upsert(raw)
+
+    def delete(self, raw: dict[str, Any]) -> None:
+        self.cluster.pods.delete(raw)
+
+    def replace(self, raws: list[dict[str, Any]]) -> None:
+        raise AssertionError("a stepped sink is listed in steps")
+
+
+async def test_a_listed_object_the_sink_rejects_leaves_out_only_that_object(
+    stack: Stack,
+) -> None:
+    """A pod whose decoding fails during the (paged) list is counted and logged; the pods on
+    the pages before and after it reach the index, and the informer is synced."""
+    for name in ("before", "poison", "after"):
+        stack.fake.put("pods", pod(name))
+    sink = PickyPodIndex()
+    api = KubeApi(load_connection(str(stack.kubeconfig)))
+    async with api:
+        informer = Informer(api, PODS, sink, page_size=1)
+        task = asyncio.create_task(informer.run())
+        try:
+            await eventually(lambda: informer.status().synced)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert informer.status().sink_errors == 1
+    held = {record.name for record in sink.cluster.pods_by_uid.values()}
+    assert held == {"before", "after"} | {f"p{i}" for i in range(7)}
 
 
 async def test_backoff_starts_over_once_events_flow_again(stack: Stack) -> None:
