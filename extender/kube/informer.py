@@ -34,7 +34,6 @@ from typing import Protocol, TypeVar
 
 from extender.core.sinks import ObjectSink, RawObject, SteppedSink
 from extender.heap import collector_paused, freeze_heap
-from extender.kube import kubeapi
 from extender.kube.kubeapi import (
     ApiStatusError,
     ItemFilter,
@@ -44,6 +43,7 @@ from extender.kube.kubeapi import (
     RawEvent,
     WatchStreamError,
 )
+from extender.kube.slices import Slices
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,8 @@ class Informer:
         """The backoff sleep or watch in progress, which `wake()` may end early."""
         self._watching = False
         self._woken = False
+        self._watch_events = 0
+        """Events the open watch delivered so far."""
 
     def status(self) -> InformerStatus:
         return InformerStatus(
@@ -379,15 +381,12 @@ class Informer:
             self.resource.path, params, timeout_seconds=server_timeout, skippable=self._skippable
         )
         self._watch_opened_at = started
-        events = 0
+        self._watch_events = 0
         try:
             async with stream:
-                async for event in stream:
-                    self._apply(event)
-                    if events == 0:
-                        self._progressed()
-                    events += 1
+                await stream.run(self._on_event)
         finally:
+            events = self._watch_events
             self._last_watch_healthy = (
                 events > 0 or self._clock() - started >= HEALTHY_WATCH_SECONDS
             )
@@ -396,6 +395,13 @@ class Informer:
             if self._clock() - started < HEALTHY_WATCH_SECONDS:
                 raise WatchStreamError(f"watch {self.resource.path}: very short watch, no events")
             self._progressed()
+
+    def _on_event(self, event: RawEvent) -> None:
+        """Each event of the open watch, as it arrives (in the connection's callback)."""
+        self._apply(event)
+        if self._watch_events == 0:
+            self._progressed()
+        self._watch_events += 1
 
     def _apply(self, event: RawEvent) -> None:
         kind = event["type"]
@@ -431,7 +437,7 @@ class Informer:
 
     async def _replace_in_slices(self, sink: SteppedSink[_T], listed: list[_T]) -> None:
         """Hand a list over a step at a time, yielding to requests every SLICE_SECONDS of work."""
-        slices = kubeapi.Slices()
+        slices = Slices()
         try:
             for _ in sink.replace_in_steps(listed):
                 await slices.yield_if_due()

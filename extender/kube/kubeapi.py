@@ -13,8 +13,8 @@ Every failure is one of the KubeApiError subclasses, so callers can tell "the se
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -23,16 +23,32 @@ import aiohttp
 import orjson
 
 from extender import __version__
-from extender.errors import ExtenderError
+from extender.kube.apierrors import (
+    ApiStatusError,
+    ApiUnreachableError,
+    KubeApiError,
+    WatchStreamError,
+    status_error,
+)
 from extender.kube.kubeauth import Connection, KubeAuthError
 from extender.kube.listpage import ListPage, cut_list, kept_items
+from extender.kube.slices import Slices
+from extender.kube.watch import LineFilter, RawEvent, WatchStream, error_of, open_stream
+
+__all__ = [
+    "ApiStatusError",
+    "ApiUnreachableError",
+    "ItemFilter",
+    "KubeApi",
+    "KubeApiError",
+    "LineFilter",
+    "RawEvent",
+    "RawObject",
+    "WatchStream",
+    "WatchStreamError",
+]
 
 RawObject = dict[str, Any]
-RawEvent = dict[str, Any]
-"""One watch event: `{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR", "object": {...}}`."""
-
-LineFilter = Callable[[bytes], str | None]
-"""Given a raw watch line: its resourceVersion if it can be skipped undecoded, else None."""
 
 ItemFilter = Callable[[bytes], bool]
 """Given a raw LIST item: whether to decode it (False: the caller has no use for it)."""
@@ -40,70 +56,11 @@ ItemFilter = Callable[[bytes], bool]
 Converted = TypeVar("Converted")
 """What `KubeApi.list_converted` keeps of each listed item."""
 
-SLICE_SECONDS = 0.0005
-"""Longest run of watch lines handled without letting other tasks (requests) run."""
-
-
-class Slices:
-    """Cuts a long run of work into slices of SLICE_SECONDS, letting other tasks (the
-    scheduler's requests) run between them: call `await slices.yield_if_due()` after each
-    step of the work."""
-
-    __slots__ = ("_started",)
-
-    def __init__(self) -> None:
-        self._started = time.perf_counter()
-
-    async def yield_if_due(self) -> None:
-        if time.perf_counter() - self._started > SLICE_SECONDS:
-            await asyncio.sleep(0)
-            self._started = time.perf_counter()
-
 
 USER_AGENT = f"hostport-extender/{__version__}"
 """How every request introduces itself (aiohttp's own default names only Python and aiohttp)."""
 MAX_LINE_BYTES = 64 * 1024 * 1024
 """Longest watch line accepted: far above etcd's 1.5 MiB object limit, still a bound."""
-
-
-class KubeApiError(ExtenderError):
-    """Base for every failure talking to the API server."""
-
-
-class ApiStatusError(KubeApiError):
-    """The server answered with an error status; `status`/`reason` come from its metav1.Status."""
-
-    def __init__(
-        self, status: int, reason: str, message: str, *, retry_after: float | None = None
-    ) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.retry_after = retry_after
-
-    @classmethod
-    def from_status(cls, raw_status: RawObject, fallback: int = 500) -> ApiStatusError:
-        """From a metav1.Status body (an HTTP error body or a watch ERROR event's object)."""
-        code = raw_status.get("code")
-        return cls(
-            code if isinstance(code, int) else fallback,
-            str(raw_status.get("reason") or "Unknown"),
-            str(raw_status.get("message") or "no message"),
-        )
-
-    @property
-    def gone(self) -> bool:
-        """410: the resourceVersion or continue token is too old; only a fresh list helps."""
-        return self.status == 410
-
-
-class ApiUnreachableError(KubeApiError):
-    """No answer: connection refused or reset, TLS failure, timeout, or credentials unavailable."""
-
-
-class WatchStreamError(KubeApiError):
-    """A watch stream carried something that is not a watch event (garbage, truncated line)."""
 
 
 class KubeApi:
@@ -243,18 +200,52 @@ class KubeApi:
         timeout_seconds: int,
         skippable: LineFilter | None = None,
     ) -> WatchStream:
-        """Start a WATCH; returns once the server accepted it (HTTP 200), errors raise here.
+        """Start a WATCH on a connection of its own (extender/kube/watch.py); returns once the
+        server accepted it (HTTP 200), errors raise here, a 401 or a TLS failure reloads the
+        credentials and tries once more (as `_send` does).
 
-        `timeout_seconds` is sent to the server; the client's own read timeout sits above it, so
-        a connection that silently dies is noticed as well. `skippable` sees each raw line first
-        (see WatchStream).
+        `timeout_seconds` is sent to the server; the informer's own deadline sits above it, so
+        a connection that silently dies is noticed as well. `skippable` sees each raw line
+        first (see WatchStream).
         """
         query = {**params, "watch": "1", "timeoutSeconds": str(timeout_seconds)}
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._request_timeout, sock_read=timeout_seconds + 30
-        )
-        response = await self._send("GET", path, params=query, client_timeout=timeout)
-        return WatchStream(response, path, self._max_line_bytes, skippable)
+        credentials = self.connection.credentials
+        for attempt in (1, 2):
+            fetch = credentials.current if attempt == 1 else credentials.refresh
+            try:
+                auth = await asyncio.to_thread(fetch)
+            except KubeAuthError as error:
+                raise ApiUnreachableError(str(error)) from error
+            headers = {
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+                "User-Agent": self.user_agent,
+            }
+            if auth.authorization:
+                headers["Authorization"] = auth.authorization
+            try:
+                stream = await open_stream(
+                    self.connection.server,
+                    path,
+                    query,
+                    headers,
+                    ssl_context=auth.ssl,
+                    server_hostname=auth.server_name,
+                    connect_seconds=self._request_timeout,
+                    max_line_bytes=self._max_line_bytes,
+                    skippable=skippable,
+                )
+            except ssl.SSLError as error:
+                if attempt == 1:
+                    continue  # a rotated CA bundle or client certificate: reload, try once more
+                raise ApiUnreachableError(f"watch {path}: {error}") from error
+            if stream.status == 401 and attempt == 1:
+                stream.close()
+                continue
+            if stream.status != 200:
+                raise error_of(stream)
+            return stream
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def get(self, path: str) -> RawObject:
         """GET one object (a 404 surfaces as ApiStatusError with status 404)."""
@@ -386,109 +377,17 @@ class KubeApi:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
 
-class WatchStream:
-    """The events of one accepted watch, in order; `async with` it so the connection is closed.
-
-    A line that `skippable` answers with a resourceVersion is not decoded: it arrives as a
-    BOOKMARK at that version (progress, no object to apply). A chunk of many lines is handed
-    out in slices of at most SLICE_SECONDS of work (the consumer's included), with a yield to
-    the event loop between them, so a filter call never waits behind a whole relist burst.
-    """
-
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        path: str,
-        max_line_bytes: int,
-        skippable: LineFilter | None = None,
-    ) -> None:
-        self._response = response
-        self._path = path
-        self._max_line_bytes = max_line_bytes
-        self._skippable = skippable
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._response.close()
-
-    async def __aiter__(self) -> AsyncIterator[RawEvent]:
-        """Yield events until the server ends the stream cleanly; anything else raises."""
-        partial = bytearray()  # the start of a line whose end has not arrived yet
-        skippable = self._skippable
-        try:
-            async for chunk in self._response.content.iter_any():
-                if b"\n" not in chunk:
-                    partial += chunk
-                    if len(partial) > self._max_line_bytes:
-                        raise self._too_long()
-                    continue
-                # Lines are cut from one bytes object, each copied once (a 4-10 kB status
-                # update was copied three times before: slice, bytes(), strip()).
-                if partial:
-                    partial += chunk
-                    data = bytes(partial)
-                else:
-                    data = chunk
-                start = 0
-                slices = Slices()
-                while (end := data.find(b"\n", start)) >= 0:
-                    if end - start > self._max_line_bytes:
-                        raise self._too_long()
-                    line = data[start:end]
-                    start = end + 1
-                    if not line or line.isspace():
-                        continue
-                    rv = skippable(line) if skippable is not None else None
-                    yield _decode_event(line) if rv is None else _progress(rv)
-                    await slices.yield_if_due()
-                partial = bytearray(data[start:])
-                if len(partial) > self._max_line_bytes:
-                    raise self._too_long()
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            raise ApiUnreachableError(f"watch {self._path}: {_describe(error)}") from error
-        if partial.strip():
-            raise WatchStreamError(f"watch {self._path}: the stream ended in the middle of a line")
-
-    def _too_long(self) -> WatchStreamError:
-        return WatchStreamError(f"watch {self._path}: a line exceeds {self._max_line_bytes} bytes")
-
-
 async def _status_error(response: aiohttp.ClientResponse) -> ApiStatusError:
+    """The error an aiohttp answer with an error status stands for (see status_error)."""
     try:
         data = await response.read()
     except (aiohttp.ClientError, OSError, TimeoutError):
         data = b""
     finally:
         response.close()
-    retry_after: float | None = None
-    header = response.headers.get("Retry-After", "")
-    if header.isdigit():
-        retry_after = float(header)
-    try:
-        raw_status = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raw_status = None
-    if isinstance(raw_status, dict) and raw_status.get("kind") == "Status":
-        error = ApiStatusError.from_status(raw_status, response.status)
-        error.status = response.status
-        error.retry_after = retry_after
-        return error
-    text = data[:200].decode(errors="replace").strip() or "no body"
-    return ApiStatusError(
-        response.status, response.reason or "Error", text, retry_after=retry_after
+    return status_error(
+        response.status, response.reason or "", data, response.headers.get("Retry-After", "")
     )
-
-
-def _progress(resource_version: str) -> RawEvent:
-    """A skipped line as what it means to the informer: progress to `resource_version`."""
-    return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
 
 
 async def _convert_in_slices(
@@ -547,20 +446,6 @@ def _decode_object(method: str, path: str, data: bytes) -> RawObject:
     if not isinstance(decoded, dict):
         raise WatchStreamError(f"{method} {path}: the answer is not a JSON object")
     return decoded
-
-
-def _decode_event(line: bytes) -> RawEvent:
-    try:
-        event = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
-        raise WatchStreamError(f"not a watch event: {line[:80]!r}") from error
-    if (
-        not isinstance(event, dict)
-        or not isinstance(event.get("type"), str)
-        or not isinstance(event.get("object"), dict)
-    ):
-        raise WatchStreamError(f"not a watch event: {line[:80]!r}")
-    return event
 
 
 def _describe(error: BaseException) -> str:

@@ -195,8 +195,10 @@ async def test_watch_line_longer_than_the_limit_fails(fake: FakeApiServer, tmp_p
 
 async def drain(stream: WatchStream) -> list[RawEvent]:
     """Every event of a stream, until it ends."""
+    events: list[RawEvent] = []
     async with stream:
-        return [event async for event in stream]
+        await stream.run(events.append)
+    return events
 
 
 async def test_patch_node_metadata_merges_annotations(fake: FakeApiServer, tmp_path: Path) -> None:
@@ -239,10 +241,8 @@ async def test_every_request_names_the_extender_and_its_command(
     async with connect(fake, tmp_path, component=component) as api:
         _items, rv = await api.list_all("/api/v1/pods", limit=10)
         stream = await api.open_watch("/api/v1/pods", {"resourceVersion": rv}, timeout_seconds=1)
-        async with stream:
-            fake.put("pods", pod("web", ports=[port(80, 80)], annotations={"changed": "yes"}))
-            async for _event in stream:
-                break
+        fake.put("pods", pod("web", ports=[port(80, 80)], annotations={"changed": "yes"}))
+        await drain(stream)  # the server ends it after its timeoutSeconds
         uid = fake.get("pods", "default/web")["metadata"]["uid"]
         await api.create_binding("default", "web", uid, "n1")
     assert [r.user_agent for r in fake.requests] == [agent] * 3

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from extender.core.cluster import Cluster
-from extender.kube import kubeapi
+from extender.kube import slices
 from extender.kube.informer import NODES, PODS, Informer
 from extender.kube.kubeapi import KubeApi
 from extender.kube.kubeauth import load_connection
@@ -108,7 +108,7 @@ async def test_a_burst_of_lines_lets_other_tasks_run_between_slices(
     watched: Watched, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """300 events in one chunk are applied in slices: a request-like task runs in between."""
-    monkeypatch.setattr(kubeapi, "SLICE_SECONDS", 0.0)  # every line is a slice of its own
+    monkeypatch.setattr(slices, "SLICE_SECONDS", 0.0)  # every line is a slice of its own
     first_rv = watched.fake.rv + 1
     lines = []
     for i in range(300):
@@ -135,7 +135,7 @@ async def test_a_relist_is_applied_in_slices_too(
     watched: Watched, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a 410 the fresh list is applied a slice at a time, and ends equal to the truth."""
-    monkeypatch.setattr(kubeapi, "SLICE_SECONDS", 0.0)
+    monkeypatch.setattr(slices, "SLICE_SECONDS", 0.0)
     fake = watched.fake
     fake.pause_watches()  # the new pods reach us only through the relist
     for i in range(300):
