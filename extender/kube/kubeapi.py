@@ -1,13 +1,15 @@
-"""A small aiohttp client for the slice of the Kubernetes API the extender uses.
+"""A small client for the slice of the Kubernetes API the extender uses.
 
-Paginated LIST, streaming WATCH, `pods/binding` and node metadata PATCH; bodies are raw orjson
+Paginated LIST, `pods/binding` and node metadata PATCH on aiohttp, streaming WATCH on a
+connection of its own read in its callback (extender/kube/watch.py); bodies are raw orjson
 dicts, never `kubernetes` model objects (deserialising those is slow, protocol.md §6.4). Auth
 comes from kubeauth.py: each request asks the Credentials for the current header and TLS context
 (which follow their files on disk), and a 401 or a TLS failure makes them reload once and retry,
 so rotated tokens, client certificates and CA bundles are picked up without a restart.
 
-Every failure is one of the KubeApiError subclasses, so callers can tell "the server said no"
-(ApiStatusError, with the HTTP status) from "we could not talk to it" and "the stream was garbage".
+Every failure is one of the KubeApiError subclasses (extender/kube/apierrors.py), so callers can
+tell "the server said no" (ApiStatusError, with the HTTP status) from "we could not talk to it"
+and "the stream was garbage".
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from extender.kube.apierrors import (
     WatchStreamError,
     status_error,
 )
-from extender.kube.kubeauth import Connection, KubeAuthError
+from extender.kube.kubeauth import Connection, KubeAuthError, RequestAuth
 from extender.kube.listpage import ListPage, cut_list, kept_items
 from extender.kube.slices import Slices
 from extender.kube.watch import LineFilter, RawEvent, WatchStream, error_of, open_stream
@@ -209,20 +211,8 @@ class KubeApi:
         first (see WatchStream).
         """
         query = {**params, "watch": "1", "timeoutSeconds": str(timeout_seconds)}
-        credentials = self.connection.credentials
         for attempt in (1, 2):
-            fetch = credentials.current if attempt == 1 else credentials.refresh
-            try:
-                auth = await asyncio.to_thread(fetch)
-            except KubeAuthError as error:
-                raise ApiUnreachableError(str(error)) from error
-            headers = {
-                "Accept": "application/json",
-                "Accept-Encoding": "identity",
-                "User-Agent": self.user_agent,
-            }
-            if auth.authorization:
-                headers["Authorization"] = auth.authorization
+            auth, headers = await self._request_auth(attempt, "identity")
             try:
                 stream = await open_stream(
                     self.connection.server,
@@ -314,6 +304,26 @@ class KubeApi:
         finally:
             response.close()
 
+    async def _request_auth(
+        self, attempt: int, accept_encoding: str
+    ) -> tuple[RequestAuth, dict[str, str]]:
+        """The credentials for a request's first attempt (as they are) or its second (reloaded
+        after a 401 or a TLS failure), and the headers every request carries."""
+        credentials = self.connection.credentials
+        fetch = credentials.current if attempt == 1 else credentials.refresh
+        try:
+            auth = await asyncio.to_thread(fetch)
+        except KubeAuthError as error:
+            raise ApiUnreachableError(str(error)) from error
+        headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": accept_encoding,
+            "User-Agent": self.user_agent,
+        }
+        if auth.authorization:
+            headers["Authorization"] = auth.authorization
+        return auth, headers
+
     async def _send(
         self,
         method: str,
@@ -331,24 +341,12 @@ class KubeApi:
         """
         if self._session is None:
             raise RuntimeError("KubeApi.open() was not called")
-        credentials = self.connection.credentials
         url = self.connection.server + path
         data = orjson.dumps(body) if body is not None else None
         for attempt in (1, 2):
-            fetch = credentials.current if attempt == 1 else credentials.refresh
-            try:
-                auth = await asyncio.to_thread(fetch)
-            except KubeAuthError as error:
-                raise ApiUnreachableError(str(error)) from error
-            headers = {
-                "Accept": "application/json",
-                "Accept-Encoding": self._accept_encoding,
-                "User-Agent": self.user_agent,
-            }
+            auth, headers = await self._request_auth(attempt, self._accept_encoding)
             if data is not None:
                 headers["Content-Type"] = content_type
-            if auth.authorization:
-                headers["Authorization"] = auth.authorization
             extra: dict[str, Any] = {"ssl": auth.ssl if auth.ssl is not None else True}
             if auth.server_name:
                 extra["server_hostname"] = auth.server_name

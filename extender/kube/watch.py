@@ -196,6 +196,10 @@ class _WatchProtocol(asyncio.Protocol):
             head = self._reader.head
             if head is None:
                 return
+            coding = head.headers.get("content-encoding", "identity").lower()
+            if head.status == 200 and coding != "identity":
+                self._fail(WatchStreamError(f"watch {self._path}: unasked-for {coding!r} body"))
+                return
             self.head.set_result(head)
         if body:
             self._body.append(body)
@@ -256,12 +260,10 @@ class _WatchProtocol(asyncio.Protocol):
         if head is None or self._done.done():
             return
         if head.status != 200:
-            if self._reader.finished:
+            if self._reader.finished or self._body_bytes > MAX_ERROR_BODY:
                 if not self.error_body_read.done():
                     self.error_body_read.set_result(None)
                 self.close()
-            elif self._body_bytes > MAX_ERROR_BODY and not self.error_body_read.done():
-                self.error_body_read.set_result(None)
             return
         on_event = self._on_event
         if on_event is None or self._paused:

@@ -153,6 +153,40 @@ async def test_an_error_answer_raises_its_status(
     assert "slow down" in str(caught.value)
 
 
+async def test_a_huge_error_body_is_cut_short_not_waited_for(
+    scripted: tuple[ScriptedServer, int], tmp_path: Path
+) -> None:
+    """An error answer announcing 10 MB raises as soon as 64 kB of it say what went wrong."""
+    server, _port = scripted
+
+    async def answer(_head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 10000000\r\n\r\n")
+        writer.write(b"overloaded " * 10_000)  # 110 kB, then nothing more
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server.script = answer
+    with pytest.raises(ApiStatusError) as caught:
+        await asyncio.wait_for(watch(tmp_path, _port), 2)
+    assert caught.value.status == 503
+    assert "overloaded" in str(caught.value)
+
+
+async def test_a_body_in_an_encoding_not_asked_for_is_refused(
+    scripted: tuple[ScriptedServer, int], tmp_path: Path
+) -> None:
+    """The watch asks for identity; a gzip body (a misbehaving proxy) is not read as lines."""
+    server, _port = scripted
+
+    async def answer(_head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK.replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n"))
+        await asyncio.sleep(5)
+
+    server.script = answer
+    with pytest.raises(WatchStreamError, match="unasked-for 'gzip' body"):
+        await watch(tmp_path, _port)
+
+
 async def test_a_401_reloads_the_credentials_and_tries_once_more(
     scripted: tuple[ScriptedServer, int], tmp_path: Path
 ) -> None:
