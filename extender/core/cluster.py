@@ -380,20 +380,26 @@ class _PodSink:
         # reads is as it was for the record we hold, decoding again would give that record.
         uid = pod_uid(raw)
         shape = _port_shape(raw)
-        known = self._shapes.get(uid)
         cluster = self._cluster
-        if (
-            known is not None
-            and known[0] == shape
-            and cluster.pods_by_uid.get(uid) is known[1]
-            and not cluster.has_reservation(uid)
-        ):
+        if self._record_for(uid, shape) is not None and not cluster.has_reservation(uid):
             self._remember_line(uid)
             return
         pod = decode_pod(raw)
         cluster.apply_pod(pod)
         self._remember(pod, shape)
         self._remember_line(uid)
+
+    def _record_for(self, uid: str, shape: int | None) -> PodPorts | None:
+        """The record held for `uid` if it was decoded from this same raw shape: what decoding
+        the pod again would give (None: decode it)."""
+        known = self._shapes.get(uid)
+        if (
+            known is not None
+            and known[0] == shape
+            and self._cluster.pods_by_uid.get(uid) is known[1]
+        ):
+            return known[1]
+        return None
 
     def _remember_line(self, uid: str) -> None:
         """Note the raw shape of the watch line just applied, against the record now held."""
@@ -429,14 +435,8 @@ class _PodSink:
         if not self._matters(raw):
             return None
         shape = _port_shape(raw)
-        known = self._shapes.get(pod_uid(raw))
-        if (
-            known is not None
-            and known[0] == shape
-            and self._cluster.pods_by_uid.get(known[1].uid) is known[1]
-        ):
-            return known[1], shape  # what decoding would give again (see upsert)
-        return decode_pod(raw), shape
+        held = self._record_for(pod_uid(raw), shape)
+        return (held if held is not None else decode_pod(raw)), shape
 
     def replace_in_steps(self, listed: list[ListedPod]) -> Iterator[None]:
         """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s."""

@@ -68,3 +68,16 @@ def status_error(status: int, reason: str, body: bytes, retry_after: str) -> Api
         return error
     text = body[:200].decode(errors="replace").strip() or "no body"
     return ApiStatusError(status, reason or "Error", text, retry_after=seconds)
+
+
+def describe(error: BaseException) -> str:
+    """A short reason for an error without a message of its own (a bare timeout, a reset)."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+def cannot_connect(host: str, port: int | None, error: OSError) -> str:
+    """Why a connection could not be opened, without the object reprs in aiohttp's text."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"cannot connect to {host}:{port}: {reason}"

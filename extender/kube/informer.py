@@ -335,23 +335,12 @@ class Informer:
         # no cycles, and reference counting frees them once the list is applied.
         with collector_paused():
             if isinstance(self._sink, SteppedSink):
-                listed, rv = await self._api.list_converted(
-                    self.resource.path,
-                    self._compact_with(self._sink),
-                    field_selector=self.resource.field_selector,
-                    limit=self._page_size,
-                    keep=self._listable,
-                )
+                listed, rv = await self._list(self._compact_with(self._sink))
                 count = len(listed)
                 await self._replace_in_slices(self._sink, listed)  # empties listed as it goes
                 del listed
             else:
-                items, rv = await self._api.list_all(
-                    self.resource.path,
-                    field_selector=self.resource.field_selector,
-                    limit=self._page_size,
-                    keep=self._listable,
-                )
+                items, rv = await self._list(_as_listed)
                 count = len(items)
                 self._feed(self._sink.replace, items)
                 del items
@@ -421,6 +410,16 @@ class Informer:
         self._last_event_at = self._clock()
         self._observer.event(self.resource.name)
 
+    async def _list(self, convert: Callable[[RawObject], _T | None]) -> tuple[list[_T], str]:
+        """The resource's full list (a consistent snapshot), each item as `convert` keeps it."""
+        return await self._api.list_converted(
+            self.resource.path,
+            convert,
+            field_selector=self.resource.field_selector,
+            limit=self._page_size,
+            keep=self._listable,
+        )
+
     def _compact_with(self, sink: SteppedSink[_T]) -> Callable[[RawObject], _T | None]:
         """`sink.compact`, where a listed object it chokes on is logged, counted and left out
         (as a watch event would be, see `_feed`) rather than ending the list."""
@@ -456,3 +455,8 @@ class Informer:
         except Exception:
             self._sink_errors += 1
             log.exception("%s: the sink rejected an update", self.resource.name)
+
+
+def _as_listed(raw: RawObject) -> RawObject:
+    """A listed object for a sink that takes the raw list (`ObjectSink.replace`)."""
+    return raw

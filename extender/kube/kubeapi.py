@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -25,17 +25,20 @@ import aiohttp
 import orjson
 
 from extender import __version__
+from extender.core.sinks import consumed
 from extender.kube.apierrors import (
     ApiStatusError,
     ApiUnreachableError,
     KubeApiError,
     WatchStreamError,
+    cannot_connect,
+    describe,
     status_error,
 )
 from extender.kube.kubeauth import Connection, KubeAuthError, RequestAuth
-from extender.kube.listpage import ListPage, cut_list, kept_items
+from extender.kube.listpage import cut_list, kept_items
 from extender.kube.slices import Slices
-from extender.kube.watch import LineFilter, RawEvent, WatchStream, error_of, open_stream
+from extender.kube.watch import LineFilter, RawEvent, WatchStream, open_stream
 
 __all__ = [
     "ApiStatusError",
@@ -183,16 +186,20 @@ class KubeApi:
         """
         data = await self._read("GET", path, params=params)
         cut = cut_list(data)
-        items = await _convert_in_slices(cut, keep, convert) if cut is not None else None
-        if cut is not None and items is not None:
-            return items, _list_metadata(path, cut.envelope.get("metadata"))
+        if cut is not None:
+            items = await _convert_in_slices(kept_items(cut, keep), convert)
+            if items is not None:
+                return items, _list_metadata(path, cut.envelope.get("metadata"))
         raw_list = _decode_object("GET", path, data)  # not cut, or cut wrong: whole
         page, metadata = raw_list.get("items"), raw_list.get("metadata")
         if not isinstance(page, list | None):
             raise WatchStreamError(f"GET {path}: the answer is not a Kubernetes list")
         metadata = _list_metadata(path, metadata)
         del raw_list
-        return await _convert_decoded_in_slices(path, page or [], convert), metadata
+        items = await _convert_in_slices(consumed(page or []), convert)
+        if items is None:
+            raise WatchStreamError(f"GET {path}: a list item is not a JSON object")
+        return items, metadata
 
     async def open_watch(
         self,
@@ -233,7 +240,7 @@ class KubeApi:
                 stream.close()
                 continue
             if stream.status != 200:
-                raise error_of(stream)
+                raise stream.error()
             return stream
         raise AssertionError("unreachable: the second attempt returns or raises")
 
@@ -389,41 +396,21 @@ async def _status_error(response: aiohttp.ClientResponse) -> ApiStatusError:
 
 
 async def _convert_in_slices(
-    page: ListPage, keep: ItemFilter | None, convert: Callable[[RawObject], Converted | None]
+    items: Iterable[object], convert: Callable[[RawObject], Converted | None]
 ) -> list[Converted] | None:
-    """listpage.kept_items, each converted as it is decoded, with a yield to other tasks every
-    SLICE_SECONDS; None if one piece is not a whole JSON object."""
-    items: list[Converted] = []
+    """Each item converted (None: left out), a yield to other tasks every SLICE_SECONDS, each
+    raw item dropped once converted; None if an item is not a JSON object."""
+    converted: list[Converted] = []
     slices = Slices()
-    for item in kept_items(page, keep):
-        if item is None:
-            return None
-        converted = convert(item)
-        del item  # freed here, before the next item is decoded
-        if converted is not None:
-            items.append(converted)
-        await slices.yield_if_due()
-    return items
-
-
-async def _convert_decoded_in_slices(
-    path: str, page: list[Any], convert: Callable[[RawObject], Converted | None]
-) -> list[Converted]:
-    """A page decoded whole, converted an item at a time (each raw item dropped once
-    converted) with a yield to other tasks every SLICE_SECONDS."""
-    items: list[Converted] = []
-    slices = Slices()
-    page.reverse()
-    while page:
-        item = page.pop()
+    for item in items:
         if not isinstance(item, dict):
-            raise WatchStreamError(f"GET {path}: a list item is not a JSON object")
-        converted = convert(item)
-        del item
-        if converted is not None:
-            items.append(converted)
+            return None
+        kept = convert(item)
+        del item  # freed here, before the next item is decoded
+        if kept is not None:
+            converted.append(kept)
         await slices.yield_if_due()
-    return items
+    return converted
 
 
 def _as_is(raw: RawObject) -> RawObject:
@@ -449,8 +436,5 @@ def _decode_object(method: str, path: str, data: bytes) -> RawObject:
 def _describe(error: BaseException) -> str:
     """A short, stable reason (aiohttp's own text embeds object reprs for connect errors)."""
     if isinstance(error, aiohttp.ClientConnectorError):
-        reason = error.os_error.strerror or str(error.os_error) or type(error.os_error).__name__
-        return f"cannot connect to {error.host}:{error.port}: {reason}"
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    return str(error) or type(error).__name__
+        return cannot_connect(error.host, error.port, error.os_error)
+    return describe(error)

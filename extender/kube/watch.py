@@ -28,6 +28,8 @@ from extender.kube.apierrors import (
     ApiUnreachableError,
     KubeApiError,
     WatchStreamError,
+    cannot_connect,
+    describe,
     status_error,
 )
 from extender.kube.httpwire import HttpWireError, ResponseHead, ResponseReader
@@ -70,6 +72,13 @@ class WatchStream:
         finally:
             self.close()
 
+    def error(self) -> ApiStatusError:
+        """The error an answer other than 200 stands for (`open_stream` read its body); closes
+        the connection."""
+        self.close()
+        body = self._protocol.error_body()
+        return status_error(self.status, self.reason, body, self.headers.get("retry-after", ""))
+
     def close(self) -> None:
         self._protocol.close()
 
@@ -98,9 +107,9 @@ async def open_stream(
     skippable: LineFilter | None,
 ) -> WatchStream:
     """Connect to `server` (a URL, maybe with a path prefix), send the WATCH and wait for the
-    answer's head. An error answer is returned too, its body read (`error_of`); a failure to
-    connect or to get a head within `connect_seconds` raises ApiUnreachableError (an ssl.SSLError as
-    such, so the caller can reload its credentials)."""
+    answer's head. An error answer is returned too, its body read (`WatchStream.error`); a
+    failure to connect or to get a head within `connect_seconds` raises ApiUnreachableError (an
+    ssl.SSLError as such, so the caller can reload its credentials)."""
     url = urlsplit(server)
     https = url.scheme == "https"
     host = url.hostname or ""
@@ -132,21 +141,11 @@ async def open_stream(
         raise ApiUnreachableError(f"watch {path}: timed out") from None
     except OSError as error:
         protocol.close()
-        reason = error.strerror or str(error) or type(error).__name__
-        raise ApiUnreachableError(
-            f"watch {path}: cannot connect to {host}:{port}: {reason}"
-        ) from error
+        raise ApiUnreachableError(f"watch {path}: {cannot_connect(host, port, error)}") from error
     except BaseException:
         protocol.close()
         raise
     return stream
-
-
-def error_of(stream: WatchStream) -> ApiStatusError:
-    """The error an answer other than 200 stands for (its body is read by `open_stream`)."""
-    stream.close()
-    body = stream._protocol.error_body()
-    return status_error(stream.status, stream.reason, body, stream.headers.get("retry-after", ""))
 
 
 class _WatchProtocol(asyncio.Protocol):
@@ -213,7 +212,7 @@ class _WatchProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         if exc is not None:
-            self._fail(ApiUnreachableError(f"watch {self._path}: {_describe(exc)}"))
+            self._fail(ApiUnreachableError(f"watch {self._path}: {describe(exc)}"))
         else:
             self._ended()
 
@@ -370,10 +369,4 @@ def _decode_event(line: bytes) -> RawEvent:
     return event
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    return str(error) or type(error).__name__
-
-
-__all__ = ["KubeApiError", "LineFilter", "RawEvent", "WatchStream", "error_of", "open_stream"]
+__all__ = ["KubeApiError", "LineFilter", "RawEvent", "WatchStream", "open_stream"]
