@@ -24,7 +24,7 @@ import orjson
 from bench.generate import ClusterSpec, RawObject, generate_node, generate_pods_for_node
 from extender.core.cluster import Cluster
 from extender.heap import loading
-from extender.kube.listpage import cut_list, kept_items
+from extender.kube.listpage import Refused, cut_list, kept_items
 from extender.settings import Settings
 
 PAGE = 500
@@ -96,7 +96,7 @@ def _decode_page(page: bytes, keep: Callable[[bytes], bool] | None) -> list[RawO
     """The items `list_all` would hand the informer (cut, filtered, decoded; else whole)."""
     cut = cut_list(page)
     if cut is not None:
-        items = list(kept_items(cut, keep))
+        items = [item for item in kept_items(cut, keep) if not isinstance(item, Refused)]
         whole = [item for item in items if item is not None]
         if len(whole) == len(items):
             return whole

@@ -40,7 +40,7 @@ from extender.core.pods import (
 )
 from extender.core.ports import Claim, ClaimKind, PortIndex, reason_text
 from extender.core.portspec import parse_port_specs
-from extender.core.sinks import RawObject, consumed
+from extender.core.sinks import RawObject, consumed, emptied
 from extender.settings import Settings
 
 ListedPod = tuple[PodPorts, int | None]
@@ -173,8 +173,9 @@ class Cluster:
     def release_pods_in_steps(self, kept: Container[str]) -> Iterator[None]:
         """`release_pods_except`, one pod per step (a relist after a long outage can find
         thousands gone)."""
-        for uid in [uid for uid in self.pods_by_uid if uid not in kept]:
-            self.remove_pod(uid)
+        for uid in list(self.pods_by_uid):  # a step per held pod, kept or not
+            if uid not in kept:
+                self.remove_pod(uid)
             yield
 
     # --- bindings and reservations -----------------------------------------------------------
@@ -315,8 +316,9 @@ class Cluster:
 
     def release_nodes_in_steps(self, kept: Container[str]) -> Iterator[None]:
         """`release_nodes_except`, one node per step."""
-        for name in [name for name in self.nodes_known if name not in kept]:
-            self.remove_node(name)
+        for name in list(self.nodes_known):  # a step per known node, kept or not
+            if name not in kept:
+                self.remove_node(name)
             yield
 
     def observation_is_stale(self, node: str) -> bool:
@@ -439,18 +441,26 @@ class _PodSink:
         return (held if held is not None else decode_pod(raw)), shape
 
     def replace_in_steps(self, listed: list[ListedPod]) -> Iterator[None]:
-        """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s."""
-        self._shapes.clear()
-        self._line_shapes.clear()
-        fresh: set[str] = set()
+        """`replace`, one pod per step (see SteppedSink): a relist of 150,000 pods is ~1 s.
+
+        What was noted before the list is set aside at once and freed in steps (`emptied`),
+        like the list's own bookkeeping once the list is applied.
+        """
+        shapes, self._shapes = self._shapes, {}
+        line_shapes, self._line_shapes = self._line_shapes, {}
         listed_shapes, self._listed_shapes = self._listed_shapes, {}
+        yield from emptied(shapes)
+        yield from emptied(line_shapes)
+        fresh: set[str] = set()
         for pod, shape in consumed(listed):
             fresh.add(pod.uid)
             self._cluster.apply_pod(pod)
             self._remember(pod, shape)
-            self._remember_listed(pod.uid, listed_shapes.get(pod.uid))
+            self._remember_listed(pod.uid, listed_shapes.pop(pod.uid, None))
             yield
+        yield from emptied(listed_shapes)
         yield from self._cluster.release_pods_in_steps(fresh)
+        yield from emptied(fresh)
 
     def _remember_listed(self, uid: str, shape: int | None) -> None:
         """A listed pod's raw shape, against the record now held: its next status update can
@@ -589,3 +599,4 @@ class _NodeSink:
             self._cluster.apply_node(node)
             yield
         yield from self._cluster.release_nodes_in_steps(fresh)
+        yield from emptied(fresh)

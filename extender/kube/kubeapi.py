@@ -36,7 +36,7 @@ from extender.kube.apierrors import (
     status_error,
 )
 from extender.kube.kubeauth import Connection, KubeAuthError, RequestAuth
-from extender.kube.listpage import cut_list, kept_items
+from extender.kube.listpage import Refused, cut_list, kept_items
 from extender.kube.slices import Slices
 from extender.kube.watch import LineFilter, RawEvent, WatchStream, open_stream
 
@@ -185,9 +185,10 @@ class KubeApi:
         answer that cannot be cut exactly is decoded whole.
         """
         data = await self._read("GET", path, params=params)
+        slices = Slices()  # the cut's own work counts toward the first slice
         cut = cut_list(data)
         if cut is not None:
-            items = await _convert_in_slices(kept_items(cut, keep), convert)
+            items = await _convert_in_slices(kept_items(cut, keep), convert, slices)
             if items is not None:
                 return items, _list_metadata(path, cut.envelope.get("metadata"))
         raw_list = _decode_object("GET", path, data)  # not cut, or cut wrong: whole
@@ -196,7 +197,7 @@ class KubeApi:
             raise WatchStreamError(f"GET {path}: the answer is not a Kubernetes list")
         metadata = _list_metadata(path, metadata)
         del raw_list
-        items = await _convert_in_slices(consumed(page or []), convert)
+        items = await _convert_in_slices(consumed(page or []), convert, Slices())
         if items is None:
             raise WatchStreamError(f"GET {path}: a list item is not a JSON object")
         return items, metadata
@@ -396,13 +397,16 @@ async def _status_error(response: aiohttp.ClientResponse) -> ApiStatusError:
 
 
 async def _convert_in_slices(
-    items: Iterable[object], convert: Callable[[RawObject], Converted | None]
+    items: Iterable[object], convert: Callable[[RawObject], Converted | None], slices: Slices
 ) -> list[Converted] | None:
-    """Each item converted (None: left out), a yield to other tasks every SLICE_SECONDS, each
-    raw item dropped once converted; None if an item is not a JSON object."""
+    """Each item converted (None: left out; REFUSED: not decoded, left out), a yield to other
+    tasks every SLICE_SECONDS, each raw item dropped once converted; None if an item is not a
+    JSON object."""
     converted: list[Converted] = []
-    slices = Slices()
     for item in items:
+        if isinstance(item, Refused):
+            await slices.yield_if_due()
+            continue
         if not isinstance(item, dict):
             return None
         kept = convert(item)

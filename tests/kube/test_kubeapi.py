@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from extender import __version__
+from extender.kube import slices
 from extender.kube.kubeapi import (
     ApiStatusError,
     ApiUnreachableError,
@@ -69,6 +71,32 @@ async def test_list_all_drops_the_items_keep_refuses_without_decoding_them(
             assert sorted(item["metadata"]["name"] for item in items) == ["dns", "web"]
             assert len(seen) == 3
             assert any(b'"batch"' in raw for raw in seen)
+
+
+async def test_a_page_of_refused_items_still_lets_other_tasks_run_between_them(
+    fake: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items `keep` refuses are not decoded, but each is still work: with every item a slice
+    of its own, a request-like task runs at least once per item of a one-page list."""
+    monkeypatch.setattr(slices, "SLICE_SECONDS", 0.0)
+    for i in range(200):
+        fake.put("pods", pod(f"batch-{i}", node="n1"))
+    turns = 0
+    listing = True
+
+    async def request() -> None:
+        nonlocal turns
+        while listing:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with connect(fake, tmp_path) as api:
+        probe = asyncio.create_task(request())
+        items, _rv = await api.list_all("/api/v1/pods", limit=500, keep=lambda raw: False)
+        listing = False
+        await probe
+    assert items == []
+    assert turns >= 200
 
 
 async def test_list_converted_keeps_what_convert_returns_as_each_page_arrives(

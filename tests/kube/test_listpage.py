@@ -27,7 +27,7 @@ def decoded_in_pieces(data: bytes) -> RawDict | None:
     cut = cut_list(data)
     if cut is None:
         return None
-    items = [decode_item(raw) for raw in cut.items]
+    items = [decode_item(raw) for raw in cut.items()]
     if any(item is None for item in items):
         return None
     return {**cut.envelope, "items": items}
@@ -43,8 +43,18 @@ def test_a_page_of_pods_is_cut_into_its_items() -> None:
     data = go_list(pods, resourceVersion="42", **{"continue": "eyJ2IjoibWV0YS5rOHMuaW8vdjEifQ"})
     cut = cut_list(data)
     assert cut is not None
-    assert len(cut.items) == 5
+    assert len(list(cut.items())) == 5
     assert decoded_in_pieces(data) == orjson.loads(data)
+
+
+def test_whitespace_around_the_page_and_its_items_is_allowed() -> None:
+    """The API server ends each answer with a newline (Go's json.Encoder); JSON allows
+    whitespace around the items as well."""
+    pods = [typed_item(pod(f"p{i}", node="n1")) for i in range(3)]
+    data = go_list(pods, resourceVersion="9")
+    spaced = data.replace(b'"items":[', b'"items":[ \n').replace(b"]}", b"\t]}") + b"\n"
+    for page in (data + b"\n", b" \r\n" + data, spaced):
+        assert decoded_in_pieces(page) == orjson.loads(data)
 
 
 def test_items_that_carry_kind_and_api_version_are_cut_too() -> None:
@@ -64,7 +74,7 @@ def test_items_that_carry_kind_and_api_version_are_cut_too() -> None:
 def test_an_empty_page_has_no_items(data: bytes) -> None:
     cut = cut_list(data)
     assert cut is not None
-    assert cut.items == []
+    assert list(cut.items()) == []
     assert cut.envelope["metadata"] == {"resourceVersion": "1"}
 
 
