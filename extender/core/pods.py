@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from extender.core.ports import Claim, ClaimKind, reason_text
 from extender.core.portspec import (
     normalize_ip,
@@ -250,6 +252,37 @@ def decode_pod(raw_pod: Mapping[str, Any], *, strict: bool = False) -> PodPorts:
         not_scheduling=not node
         and (metadata.get("deletionTimestamp") is not None or _scheduling_failed(status)),
     )
+
+
+class LastPodDecoder:
+    """`decode_pod(raw, strict=True)` that remembers the last pod it decoded.
+
+    The scheduler asks prioritize about the pod it has just filtered, and retries a pod it
+    could not place with the same object: comparing the request's pod with the last one (a
+    C-level walk that stops at the first difference, the name for another pod) costs ~1 us
+    where decoding a pod again costs 6-9 us alone and 20-26 us while serving. Python's `==`
+    takes 80.0 for 80 and 1 for true, which the decoder does not, so a pod found equal is
+    confirmed on its JSON encoding (~2 us each) before the record is reused: the answer is
+    exactly what decoding it would give. A pod whose decoding raises is not remembered.
+    """
+
+    __slots__ = ("_pod", "_raw")
+
+    def __init__(self) -> None:
+        self._raw: Mapping[str, Any] | None = None
+        self._pod: PodPorts | None = None
+
+    def decode(self, raw_pod: Mapping[str, Any]) -> PodPorts:
+        last = self._raw
+        if (
+            self._pod is not None
+            and raw_pod == last
+            and orjson.dumps(raw_pod) == orjson.dumps(last)
+        ):
+            return self._pod
+        pod = decode_pod(raw_pod, strict=True)
+        self._raw, self._pod = raw_pod, pod
+        return pod
 
 
 def workload_of(metadata: Mapping[str, Any], namespace: str) -> str:

@@ -26,7 +26,7 @@ from extender.core.decisions import (
     filter_preemption,
     score_nodes,
 )
-from extender.core.pods import ListenAnnotationError, PodPorts, decode_pod
+from extender.core.pods import LastPodDecoder, ListenAnnotationError, PodPorts
 from extender.core.ports import ClaimKind
 from extender.errors import BindError, WireError
 from extender.server import wire
@@ -71,6 +71,7 @@ class ChangeNotifier:
 
 
 CHANGES = web.AppKey("changes", ChangeNotifier)
+PODS = web.AppKey("pods", LastPodDecoder)
 
 
 def create_app(
@@ -95,6 +96,7 @@ def create_app(
     app[READINESS] = readiness
     notifier = ChangeNotifier()
     app[CHANGES] = notifier
+    app[PODS] = LastPodDecoder()
     cluster.on_change = notifier.notify
     app.router.add_post("/filter", handle_filter)
     app.router.add_post("/prioritize", handle_prioritize)
@@ -252,7 +254,7 @@ async def handle_filter(request: web.Request) -> web.Response:
     cluster, settings = app[CLUSTER], app[SETTINGS]
     names = args.node_names
     try:
-        pod = decode_pod(args.raw_pod, strict=True)
+        pod = app[PODS].decode(args.raw_pod)
     except ListenAnnotationError as error:
         if METRICS_KEY in app:
             app[METRICS_KEY].count_rejections(BAD_ANNOTATION, len(names))
@@ -299,7 +301,7 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     app = request.app
     cluster, settings = app[CLUSTER], app[SETTINGS]
     try:
-        pod = decode_pod(args.raw_pod, strict=True)
+        pod = app[PODS].decode(args.raw_pod)
     except ListenAnnotationError:
         pod = None
     if (
@@ -335,7 +337,7 @@ async def handle_preempt(request: web.Request) -> web.Response:
     app = request.app
     cluster, settings = app[CLUSTER], app[SETTINGS]
     try:
-        pod = decode_pod(args.raw_pod, strict=True)
+        pod = app[PODS].decode(args.raw_pod)
     except ListenAnnotationError:
         return _json(wire.encode_preemption_result({}))
     if not pod.wanted or not _is_ours(settings, pod):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extender.core.pods import (
+    LastPodDecoder,
     ListenAnnotationError,
     PodShapeError,
     decode_node,
@@ -120,6 +122,41 @@ def test_invalid_listen_annotation_strict_and_lenient() -> None:
     record = decode_pod(raw)
     assert [c.first for c in record.claims] == [80]
     assert "99999" in record.problems[0]
+
+
+def test_the_last_pod_decoder_answers_an_equal_pod_from_memory_and_any_other_anew() -> None:
+    """The same pod again (prioritize after filter: a new decoded dict, equal) gives the same
+    record; a change anywhere, even with the same UID, is decoded; a failure is not kept."""
+    decoder = LastPodDecoder()
+    raw = pod("web", uid="u1", ports=[port(80, 80)])
+    first = decoder.decode(raw)
+    assert first == decode_pod(raw, strict=True)
+    assert decoder.decode(copy.deepcopy(raw)) is first
+    moved = copy.deepcopy(raw)
+    moved["spec"]["containers"][0]["ports"] = [port(81, 81)]
+    assert [claim.first for claim in decoder.decode(moved).claims] == [81]
+    bad = pod("bad", host_network=True, annotations={"hostports.dev/listen": "99999"})
+    for _ in range(2):
+        with pytest.raises(ListenAnnotationError):
+            decoder.decode(bad)
+    assert decoder.decode(moved) is decoder.decode(copy.deepcopy(moved))
+    with pytest.raises(PodShapeError):
+        decoder.decode({"metadata": "not an object"})
+
+
+def test_the_last_pod_decoder_tells_values_apart_that_python_finds_equal() -> None:
+    """80.0 == 80 and 1 == True in Python, not to the decoder: such a pod is decoded anew."""
+    decoder = LastPodDecoder()
+    raw = pod("web", ports=[port(80, 80)], host_network=True)
+    decoder.decode(raw)
+    as_float = copy.deepcopy(raw)
+    as_float["spec"]["containers"][0]["ports"][0]["hostPort"] = 80.0
+    with pytest.raises(PodShapeError):
+        decoder.decode(as_float)
+    as_one = copy.deepcopy(raw)
+    as_one["spec"]["hostNetwork"] = 1
+    assert as_one == raw
+    assert decoder.decode(as_one) == decode_pod(as_one, strict=True) != decode_pod(raw)
 
 
 @pytest.mark.parametrize(
