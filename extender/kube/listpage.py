@@ -37,9 +37,9 @@ class ListPage:
     """A LIST answer cut into its envelope and, as they are asked for, its items' raw bytes.
 
     The items are found one at a time (`items`): cutting a 2 MB page of 500 pods up front (one
-    copy of the body, a split, then each piece copied again with its opening put back) took
-    3-10 ms of CPU in one go during a relist, every page, before the first item could yield to
-    a request. Found lazily, each item costs one search from the last and one copy of itself.
+    copy of the body, a split, then each piece copied again with its opening put back) took 3-4
+    ms of CPU in one go during a relist, every page, before the first item could yield to a
+    request. Found lazily, each item costs one search from the last and one copy of itself.
     """
 
     __slots__ = ("_data", "_end", "_opening", "_start", "envelope")
