@@ -613,7 +613,9 @@ def run(
                 str(executable), "serve", "--kubeconfig", str(kubeconfig),
                 "--listen", "127.0.0.1:0",
             ]  # fmt: skip
+            grace_s = servers.STOP_GRACE_S
             if profile is not None:
+                grace_s = servers.PROFILED_STOP_GRACE_S
                 ours_command = [
                     sys.executable, "-m", "bench.profile_server", "--kubeconfig", str(kubeconfig),
                     "--listen", "127.0.0.1:0", "--out", str(profile),
@@ -621,7 +623,7 @@ def run(
                 ]  # fmt: skip
             with (
                 servers.running("null", servers.null_command(), logs) as null,
-                servers.running("ours", ours_command, logs) as ours,
+                servers.running("ours", ours_command, logs, stop_grace_s=grace_s) as ours,
             ):
                 synced = wait_ready(ours)
                 synced_rss, _peak = servers.memory_mb(ours)

@@ -334,14 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     context = _context(plan, spec, snapshot)
     found = scenarios(plan, spec, templates)
     ours_command = servers.ours_command(snapshot)
+    grace_s = servers.STOP_GRACE_S
     if args.profile:
         context["mode"] += " (ours profiled)"
         ours_command = servers.profiled_command(snapshot, args.out / "profile" / "ours")
+        grace_s = servers.PROFILED_STOP_GRACE_S
     logs = args.out / "logs"
     try:
         with (
             servers.running("null", servers.null_command(), logs) as null,
-            servers.running("ours", ours_command, logs) as ours,
+            servers.running("ours", ours_command, logs, stop_grace_s=grace_s) as ours,
         ):
             context["startup_ours_s"] = ours.startup_s
             context["startup_null_s"] = null.startup_s

@@ -125,23 +125,32 @@ def start(name: str, command: Sequence[str], log_dir: Path, timeout_s: float = 3
         raise
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited in 10 s."""
+STOP_GRACE_S = 10.0
+"""How long a server has to exit after SIGTERM before it is killed."""
+PROFILED_STOP_GRACE_S = 600.0
+"""The same for a server under pyinstrument (bench/profile_server.py), which renders its profile
+after SIGTERM: minutes for a busy run, killed half-written within 10 s."""
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited in `grace_s`."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
 
 
 @contextmanager
-def running(name: str, command: Sequence[str], log_dir: Path) -> Iterator[Server]:
+def running(
+    name: str, command: Sequence[str], log_dir: Path, *, stop_grace_s: float = STOP_GRACE_S
+) -> Iterator[Server]:
     """A started server for the duration of the block, stopped afterwards whatever happens."""
     server = start(name, command, log_dir)
     try:
         yield server
     finally:
-        stop_process(server.process)
+        stop_process(server.process, stop_grace_s)

@@ -180,6 +180,35 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) ->
     assert "cannot load snapshot" in str(failed.value)
 
 
+SLOW_TO_STOP = """
+import pathlib, signal, sys, time
+def finish(*_):
+    time.sleep(1.0)  # a profiled server rendering its profile
+    pathlib.Path(sys.argv[1]).write_text("written")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, finish)
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(("grace_s", "written"), [(10.0, True), (0.2, False)])
+def test_a_server_gets_its_grace_to_finish_after_sigterm(
+    tmp_path: Path, grace_s: float, written: bool
+) -> None:
+    """Within the grace a server ends its own way (a profile gets written); past it, killed."""
+    out = tmp_path / "profile.txt"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TO_STOP, str(out)], stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"up\n"
+    servers.stop_process(process, grace_s)
+    assert out.exists() is written
+    assert process.returncode == (0 if written else -9)
+    process.stdout.close()
+
+
 def _http_line(server: str, scenario: str, nodes: int, p50: float, p99: float) -> report.Line:
     return {
         "kind": "http",
