@@ -266,22 +266,20 @@ class LastPodDecoder:
     exactly what decoding it would give. A pod whose decoding raises is not remembered.
     """
 
-    __slots__ = ("_pod", "_raw")
+    __slots__ = ("_last",)
 
     def __init__(self) -> None:
-        self._raw: Mapping[str, Any] | None = None
-        self._pod: PodPorts | None = None
+        self._last: tuple[Mapping[str, Any], PodPorts] | None = None
+        """The last raw pod decoded and its record."""
 
     def decode(self, raw_pod: Mapping[str, Any]) -> PodPorts:
-        last = self._raw
-        if (
-            self._pod is not None
-            and raw_pod == last
-            and orjson.dumps(raw_pod) == orjson.dumps(last)
-        ):
-            return self._pod
+        last = self._last
+        if last is not None:
+            last_raw, last_pod = last
+            if raw_pod == last_raw and orjson.dumps(raw_pod) == orjson.dumps(last_raw):
+                return last_pod
         pod = decode_pod(raw_pod, strict=True)
-        self._raw, self._pod = raw_pod, pod
+        self._last = raw_pod, pod
         return pod
 
 

@@ -42,6 +42,7 @@ from extender.kube.kubeapi import (
     LineFilter,
     RawEvent,
     WatchStreamError,
+    as_listed,
 )
 from extender.kube.slices import Slices
 
@@ -340,7 +341,7 @@ class Informer:
                 await self._replace_in_slices(self._sink, listed)  # empties listed as it goes
                 del listed
             else:
-                items, rv = await self._list(_as_listed)
+                items, rv = await self._list(as_listed)
                 count = len(items)
                 self._feed(self._sink.replace, items)
                 del items
@@ -455,8 +456,3 @@ class Informer:
         except Exception:
             self._sink_errors += 1
             log.exception("%s: the sink rejected an update", self.resource.name)
-
-
-def _as_listed(raw: RawObject) -> RawObject:
-    """A listed object for a sink that takes the raw list (`ObjectSink.replace`)."""
-    return raw

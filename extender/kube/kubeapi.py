@@ -51,6 +51,7 @@ __all__ = [
     "RawObject",
     "WatchStream",
     "WatchStreamError",
+    "as_listed",
 ]
 
 RawObject = dict[str, Any]
@@ -131,7 +132,7 @@ class KubeApi:
         as the inconsistent continuation the server offers could miss deletions.
         """
         return await self.list_converted(
-            path, _as_is, field_selector=field_selector, limit=limit, keep=keep
+            path, as_listed, field_selector=field_selector, limit=limit, keep=keep
         )
 
     async def list_converted(
@@ -417,7 +418,8 @@ async def _convert_in_slices(
     return converted
 
 
-def _as_is(raw: RawObject) -> RawObject:
+def as_listed(raw: RawObject) -> RawObject:
+    """The `convert` that keeps each listed item as it was decoded (`list_all`)."""
     return raw
 
 
