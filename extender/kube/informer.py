@@ -126,9 +126,6 @@ Sleep = Callable[[float], Awaitable[None]]
 class InformerObserver(Protocol):
     """Told about an informer's progress as it happens (metrics); must return at once."""
 
-    def event(self, resource: str) -> None:
-        """A watch delivered something (an event or a bookmark)."""
-
     def listed(self, resource: str) -> None:
         """A complete list reached the sink (the first one included)."""
 
@@ -137,9 +134,6 @@ class InformerObserver(Protocol):
 
 
 class _NoObserver:
-    def event(self, resource: str) -> None:
-        pass
-
     def listed(self, resource: str) -> None:
         pass
 
@@ -374,7 +368,7 @@ class Informer:
         self._watch_events = 0
         try:
             async with stream:
-                await stream.run(self._on_event)
+                await stream.run(self._on_event, self._on_skipped)
         finally:
             events = self._watch_events
             self._last_watch_healthy = (
@@ -393,6 +387,14 @@ class Informer:
             self._progressed()
         self._watch_events += 1
 
+    def _on_skipped(self, resource_version: str) -> None:
+        """A line the sink's `skippable` answered: only the resourceVersion moves (as for a
+        BOOKMARK, without building one: most lines of a busy cluster's pod watch come here)."""
+        self._moved_to(resource_version)
+        if self._watch_events == 0:
+            self._progressed()
+        self._watch_events += 1
+
     def _apply(self, event: RawEvent) -> None:
         kind = event["type"]
         raw_object: RawObject = event["object"]
@@ -406,10 +408,12 @@ class Informer:
             raise WatchStreamError(f"watch {self.resource.path}: unknown event type {kind!r}")
         metadata = raw_object.get("metadata")
         rv = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
-        if isinstance(rv, str) and rv:
-            self._rv = rv
+        self._moved_to(rv if isinstance(rv, str) and rv else self._rv)
+
+    def _moved_to(self, resource_version: str | None) -> None:
+        """An event arrived: the watch resumes from `resource_version` from now on."""
+        self._rv = resource_version
         self._last_event_at = self._clock()
-        self._observer.event(self.resource.name)
 
     async def _list(self, convert: Callable[[RawObject], _T | None]) -> tuple[list[_T], str]:
         """The resource's full list (a consistent snapshot), each item as `convert` keeps it."""

@@ -42,6 +42,9 @@ LineFilter = Callable[[bytes], str | None]
 
 EventHandler = Callable[[RawEvent], None]
 
+ProgressHandler = Callable[[str], None]
+"""Given the resourceVersion of a line `skippable` answered: the watch got that far."""
+
 MAX_ERROR_BODY = 64 * 1024
 """Bytes of an error answer's body kept (a metav1.Status is well under 1 kB)."""
 
@@ -49,9 +52,9 @@ MAX_ERROR_BODY = 64 * 1024
 class WatchStream:
     """The events of one accepted watch; `run` hands them over until the stream ends.
 
-    A line that `skippable` answers with a resourceVersion is not decoded: it arrives as a
-    BOOKMARK at that version (progress, no object to apply). Use it as a context manager (or
-    call `close`) so the connection is closed whatever happens.
+    A line that `skippable` answers with a resourceVersion is not decoded: it arrives as
+    progress to that version (`on_skipped`, or a BOOKMARK at it: no object to apply). Use it
+    as a context manager (or call `close`) so the connection is closed whatever happens.
     """
 
     def __init__(self, protocol: _WatchProtocol, head: ResponseHead) -> None:
@@ -60,15 +63,18 @@ class WatchStream:
         self.reason = head.reason
         self.headers = head.headers
 
-    async def run(self, on_event: EventHandler) -> None:
-        """Call `on_event` for each event, in order, until the server ends the stream cleanly.
+    async def run(self, on_event: EventHandler, on_skipped: ProgressHandler | None = None) -> None:
+        """Call `on_event` for each event, in order, until the server ends the stream cleanly;
+        `on_skipped` (if given) for each line `skippable` answered, instead of a BOOKMARK event.
 
-        `on_event` runs inside the connection's callback: it must not block; what it raises
-        ends the stream and is raised here. A stream cut short raises ApiUnreachableError, a
-        line that is not a watch event WatchStreamError.
+        Both run inside the connection's callback: they must not block; what they raise ends
+        the stream and is raised here. A stream cut short raises ApiUnreachableError, a line
+        that is not a watch event WatchStreamError.
         """
+        if on_skipped is None:
+            on_skipped = _as_bookmark(on_event)
         try:
-            await self._protocol.deliver_to(on_event)
+            await self._protocol.deliver_to(on_event, on_skipped)
         finally:
             self.close()
 
@@ -170,6 +176,7 @@ class _WatchProtocol(asyncio.Protocol):
         for future in (self.head, self.error_body_read, self._done):
             future.add_done_callback(_retrieved)
         self._on_event: EventHandler | None = None
+        self._on_skipped: ProgressHandler | None = None
         self._body: list[bytes] = []
         """Body bytes not handed out yet: before `deliver_to`, or left over by a slice."""
         self._body_bytes = 0
@@ -222,8 +229,8 @@ class _WatchProtocol(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(request)
 
-    async def deliver_to(self, on_event: EventHandler) -> None:
-        self._on_event = on_event
+    async def deliver_to(self, on_event: EventHandler, on_skipped: ProgressHandler) -> None:
+        self._on_event, self._on_skipped = on_event, on_skipped
         self._pump()
         await self._done
 
@@ -264,15 +271,15 @@ class _WatchProtocol(asyncio.Protocol):
                     self.error_body_read.set_result(None)
                 self.close()
             return
-        on_event = self._on_event
-        if on_event is None or self._paused:
+        on_event, on_skipped = self._on_event, self._on_skipped
+        if on_event is None or on_skipped is None or self._paused:
             return
         body = self._body
         work = slices.Slices()
         while body:
             chunk = body.pop(0)
             self._body_bytes -= len(chunk)
-            if not self._hand_out(chunk, on_event, work):
+            if not self._hand_out(chunk, on_event, on_skipped, work):
                 return
         if self._reader.finished and not self._done.done():
             if self._partial.strip():
@@ -285,9 +292,16 @@ class _WatchProtocol(asyncio.Protocol):
                 self._done.set_result(None)
                 self.close()
 
-    def _hand_out(self, chunk: bytes, on_event: EventHandler, work: slices.Slices) -> bool:
-        """Each complete line of `chunk` as an event; False if it stopped (error, or the slice
-        ran its time: the rest waits, reading paused, for the loop's next turn)."""
+    def _hand_out(
+        self,
+        chunk: bytes,
+        on_event: EventHandler,
+        on_skipped: ProgressHandler,
+        work: slices.Slices,
+    ) -> bool:
+        """Each complete line of `chunk` as an event (or progress, if skippable); False if it
+        stopped (error, or the slice ran its time: the rest waits, reading paused, for the
+        loop's next turn)."""
         data = self._partial + chunk if self._partial else chunk
         skippable = self._skippable
         start = 0
@@ -301,7 +315,10 @@ class _WatchProtocol(asyncio.Protocol):
                 continue
             rv = skippable(line) if skippable is not None else None
             try:
-                on_event(_decode_event(line) if rv is None else _progress(rv))
+                if rv is None:
+                    on_event(_decode_event(line))
+                else:
+                    on_skipped(rv)
             except Exception as error:
                 self._fail(error)
                 return False
@@ -350,9 +367,15 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _progress(resource_version: str) -> RawEvent:
-    """A skipped line as what it means to the informer: progress to `resource_version`."""
-    return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
+def _as_bookmark(on_event: EventHandler) -> ProgressHandler:
+    """Progress handed to `on_event` as what it means there: a BOOKMARK at that version."""
+
+    def on_skipped(resource_version: str) -> None:
+        on_event(
+            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": resource_version}}}
+        )
+
+    return on_skipped
 
 
 def _decode_event(line: bytes) -> RawEvent:
@@ -369,4 +392,12 @@ def _decode_event(line: bytes) -> RawEvent:
     return event
 
 
-__all__ = ["KubeApiError", "LineFilter", "RawEvent", "WatchStream", "open_stream"]
+__all__ = [
+    "EventHandler",
+    "KubeApiError",
+    "LineFilter",
+    "ProgressHandler",
+    "RawEvent",
+    "WatchStream",
+    "open_stream",
+]

@@ -210,6 +210,10 @@ def create_live_app(
     if metrics is not None:
         probe = live.probe
         metrics.observe_api_answered(lambda: probe.status().answered_at)
+        informers = (live.pods, live.nodes)
+        metrics.observe_last_events(
+            lambda: {i.resource.name: i.status().last_event_at for i in informers}
+        )
     app = create_app(
         cluster, settings, binder=live.binder, readiness=live.readiness, metrics=metrics
     )
@@ -223,13 +227,7 @@ class MetricsObserver:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def event(self, resource: str) -> None:
-        self._metrics.informer_event(resource)
-
     def listed(self, resource: str) -> None:
-        # A complete list is news too (the informer resets its own age here): without this the
-        # age gauge is missing until the first watch event, and a relist does not reset it.
-        self._metrics.informer_event(resource)
         self._metrics.relists.labels(resource=resource).inc()
 
     def watch_restarted(self, resource: str) -> None:

@@ -63,7 +63,7 @@ class _ScrapeTimeState(Collector):
         self.conflicts: NodeConflicts | None = None
         self.in_flight: Callable[[], int] | None = None
         self.api_answered_at: Callable[[], float] | None = None
-        self.last_event: dict[str, float] = {}
+        self.last_events: Callable[[], Mapping[str, float | None]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         if self.index_size is not None:
@@ -103,15 +103,17 @@ class _ScrapeTimeState(Collector):
                 "Seconds since the API server last answered the extender's probe (live mode).",
                 value=max(0.0, self.clock() - self.api_answered_at()),
             )
-        if self.last_event:
+        last_events = self.last_events() if self.last_events is not None else {}
+        if any(at is not None for at in last_events.values()):
             now = self.clock()
             family = GaugeMetricFamily(
                 "hostport_extender_informer_last_event_age_seconds",
-                "Seconds since the informer last received anything (event or bookmark).",
+                "Seconds since the informer last received anything (list, event or bookmark).",
                 labels=["resource"],
             )
-            for resource, at in sorted(self.last_event.items()):
-                family.add_metric([resource], max(0.0, now - at))
+            for resource, at in sorted(last_events.items()):
+                if at is not None:
+                    family.add_metric([resource], max(0.0, now - at))
             yield family
 
 
@@ -148,9 +150,12 @@ class Metrics:
             child = self._rejected[reason] = self.rejections.labels(reason=reason)
         child.inc(nodes)
 
-    def informer_event(self, resource: str) -> None:
-        """Record that the `resource` watch delivered something (an event or a bookmark)."""
-        self._state.last_event[resource] = self._state.clock()
+    def observe_last_events(self, last_events: Callable[[], Mapping[str, float | None]]) -> None:
+        """Export `hostport_extender_informer_last_event_age_seconds` from `last_events()` (each
+        resource's last list, event or bookmark on the metrics' clock; None: nothing yet) at
+        each scrape. Read then, not told per event: a busy pod watch brings thousands a second.
+        """
+        self._state.last_events = last_events
 
     def observe_index(self, index_size: IndexSize) -> None:
         """Export index size from `index_size()` at each scrape."""

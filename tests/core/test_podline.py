@@ -71,6 +71,9 @@ def test_a_portless_pod_is_read_without_decoding() -> None:
     [
         lambda b: b[: len(b) // 2],  # cut in the middle
         lambda b: b.replace(b'"uid":"uid-web"', b'"uid":"uid-web","uid":"other"'),
+        lambda b: b.replace(b'"resourceVersion":"41"', b'"resourceVersion":"41","uid":"other"'),
+        lambda b: b.replace(b'"41"', b'"41","resourceVersion":"4"'),
+        lambda b: b.replace(b'"name":"web"', b'"name":"w\\"eb"'),
         lambda b: b.replace(b'"uid":"uid-web"', b'"uid":"uid-\\"web"'),
         lambda b: b.replace(b'"uid":"uid-web",', b""),
         lambda b: b.replace(b'"resourceVersion":"41"', b'"resourceVersion":41'),

@@ -285,3 +285,43 @@ async def test_a_server_that_never_answers_times_out_and_a_closed_port_is_unreac
     async with api:
         with pytest.raises(ApiUnreachableError, match=f"cannot connect to 127.0.0.1:{closed_port}"):
             await api.open_watch("/api/v1/pods", {}, timeout_seconds=9)
+
+
+@pytest.mark.parametrize("with_progress_handler", [True, False])
+async def test_skipped_lines_arrive_as_progress_in_order_with_the_others(
+    scripted: tuple[ScriptedServer, int], tmp_path: Path, with_progress_handler: bool
+) -> None:
+    """A line `skippable` answers is not decoded: its resourceVersion goes to `on_skipped`, or
+    arrives as a BOOKMARK at it when there is none; the order of all lines is kept."""
+    server, port = scripted
+    lines = [event("keep-a", 6), event("skip-b", 7), event("skip-c", 8), event("keep-d", 9)]
+
+    async def answer(_head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK + chunk(b"".join(lines)) + b"0\r\n\r\n")
+        await writer.drain()
+
+    def skippable(line: bytes) -> str | None:
+        return (
+            orjson.loads(line)["object"]["metadata"]["resourceVersion"] if b"skip" in line else None
+        )
+
+    server.script = answer
+    api = KubeApi(load_connection(kubeconfig(tmp_path, f"http://127.0.0.1:{port}")))
+    seen: list[str] = []
+
+    def on_event(raw: RawEvent) -> None:
+        metadata = raw["object"]["metadata"]
+        seen.append(f"{raw['type']} {metadata.get('name', '-')} {metadata['resourceVersion']}")
+
+    def on_skipped(resource_version: str) -> None:
+        seen.append(f"skipped {resource_version}")
+
+    async with api:
+        stream = await api.open_watch("/api/v1/pods", {}, timeout_seconds=9, skippable=skippable)
+        await asyncio.wait_for(
+            stream.run(on_event, on_skipped if with_progress_handler else None), 2
+        )
+    middle = (
+        ["skipped 7", "skipped 8"] if with_progress_handler else ["BOOKMARK - 7", "BOOKMARK - 8"]
+    )
+    assert seen == ["ADDED keep-a 6", *middle, "ADDED keep-d 9"]

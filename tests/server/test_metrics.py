@@ -113,7 +113,7 @@ async def test_scrape_time_gauges_read_the_application(served: tuple[str, Metric
     clocked.observe_index(lambda: (3, 17))
     clocked.observe_readiness(readiness)
     clocked.observe_conflicts(lambda: {"n2": 2})
-    clocked.informer_event("pods")
+    clocked.observe_last_events(lambda: {"pods": 1000.0, "nodes": None})
     now[0] = 1042.5
     clocked.rejections.labels(reason="hostNetwork").inc(4)
     clocked.relists.labels(resource="pods").inc()
@@ -127,6 +127,11 @@ async def test_scrape_time_gauges_read_the_application(served: tuple[str, Metric
     assert values[("hostport_extender_node_conflicts", frozenset({("node", "n2")}))] == 2
     age = ("hostport_extender_informer_last_event_age_seconds", frozenset({("resource", "pods")}))
     assert values[age] == 42.5
+    nodes_age = (
+        "hostport_extender_informer_last_event_age_seconds",
+        frozenset({("resource", "nodes")}),
+    )
+    assert nodes_age not in values  # nothing listed or watched yet
     rejected = ("hostport_extender_filter_rejections_total", frozenset({("reason", "hostNetwork")}))
     assert values[rejected] == 4
     assert (
