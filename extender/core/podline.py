@@ -74,8 +74,9 @@ def pod_event_head(line: bytes) -> PodEventHead | None:
 
     Not a JSON validator: a line is only checked to end like an event (`}}`); the API server
     sends whole, valid lines, and one that lies about its shape is the decoder's to reject.
-    Every pod event passes here: one match of `_EVENT_HEAD` from the line's start took 1.3 us
-    (a 4 kB busy-cluster line), where bounded finds over the head, field by field, took 2.9.
+    Every pod event passes here: read with one match of `_EVENT_HEAD` from the line's start, a
+    4 kB busy-cluster line took 2.0 us in-process, against 2.9 for bounded finds over the head,
+    field by field, in the same run.
     """
     if not line.endswith(b"}}") and not line.rstrip().endswith(b"}}"):
         return None  # (rstrip copies the line: only for the rare line with trailing space)
