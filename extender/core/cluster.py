@@ -489,26 +489,27 @@ class _PodSink:
         head = pod_event_head(line)
         if head is None:
             return None
+        kind, uid, resource_version = head  # (unpacked once: every pod line comes here)
+        cluster = self._cluster
         if not may_claim_ports(line):
-            if self._cluster.holds_pod(head.uid):
-                return None
-            self._line_shapes.pop(head.uid, None)  # it named ports once: nothing to keep now
-            return head.resource_version
-        if head.type != "MODIFIED":
+            if uid in cluster.pods_by_uid or cluster.has_reservation(uid):
+                return None  # (holds_pod, inline)
+            self._line_shapes.pop(uid, None)  # it named ports once: nothing to keep now
+            return resource_version
+        if kind != "MODIFIED":
             return None
         shape = raw_port_shape(line)
         if shape is None:
             return None
-        known = self._line_shapes.get(head.uid)
-        cluster = self._cluster
+        known = self._line_shapes.get(uid)
         if (
             known is not None
             and known[0] == shape
-            and cluster.pods_by_uid.get(head.uid) is known[1]
-            and not cluster.has_reservation(head.uid)
+            and cluster.pods_by_uid.get(uid) is known[1]
+            and not cluster.has_reservation(uid)
         ):
-            return head.resource_version
-        self._line_seen = (head.uid, shape)
+            return resource_version
+        self._line_seen = (uid, shape)
         return None
 
     def listable(self, raw: bytes) -> bool:

@@ -390,7 +390,8 @@ class Informer:
     def _on_skipped(self, resource_version: str) -> None:
         """A line the sink's `skippable` answered: only the resourceVersion moves (as for a
         BOOKMARK, without building one: most lines of a busy cluster's pod watch come here)."""
-        self._moved_to(resource_version)
+        self._rv = resource_version  # (`_moved_to`, inline: most lines of a pod watch come here)
+        self._last_event_at = self._clock()
         if self._watch_events == 0:
             self._progressed()
         self._watch_events += 1
