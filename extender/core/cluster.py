@@ -492,8 +492,8 @@ class _PodSink:
         kind, uid, resource_version = head  # (unpacked once: every pod line comes here)
         cluster = self._cluster
         if not may_claim_ports(line):
-            if uid in cluster.pods_by_uid or cluster.has_reservation(uid):
-                return None  # (holds_pod, inline)
+            if cluster.holds_pod(uid):
+                return None
             self._line_shapes.pop(uid, None)  # it named ports once: nothing to keep now
             return resource_version
         if kind != "MODIFIED":

@@ -34,21 +34,23 @@ def may_claim_ports(raw: bytes) -> bool:
     return PORT_WORDS.search(raw) is not None
 
 
-_EVENT_HEAD = re.compile(
-    rb'\{"type":"(ADDED|MODIFIED|DELETED)","object":\{(?:"kind":"Pod","apiVersion":"v1",)?'
+_POD_HEAD = (
+    rb'(?:"kind":"Pod","apiVersion":"v1",)?'
     rb'"metadata":\{(?:"(?:name|generateName|namespace|selfLink)":"[^"\\]*",)*'
     rb'"uid":"([^"\\]+)","resourceVersion":"([^"\\]+)"'
     rb'(?:,"(?!uid"|resourceVersion")[^"\\]*":(?:"[^"\\]*"|-?[0-9]+))*'
     rb'(?:\}|,"(?!uid"|resourceVersion")[^"\\]*":[\[{])'
 )
-"""A pod event's head as the API server writes it, up to metadata's first nested value or its
-end: the event type, then ObjectMeta's flat fields in Go's declaration order (name,
-generateName, namespace, selfLink, then uid and resourceVersion side by side, then scalars
-such as creationTimestamp), each string free of escapes, neither key twice."""
+"""A pod object's head as the API server writes it, after its opening brace, up to metadata's
+first nested value or its end: kind and apiVersion (list items leave them out), then
+ObjectMeta's flat fields in Go's declaration order (name, generateName, namespace, selfLink,
+then uid and resourceVersion side by side, then scalars such as creationTimestamp), each string
+free of escapes, neither key twice."""
+_EVENT_HEAD = re.compile(rb'\{"type":"(ADDED|MODIFIED|DELETED)","object":\{' + _POD_HEAD)
+"""A pod watch line's head: the event type, then the object's head."""
+_ITEM_HEAD = re.compile(rb"\{" + _POD_HEAD)
+"""A pod list item's head."""
 _EVENT_TYPES = {kind.encode(): kind for kind in ("ADDED", "MODIFIED", "DELETED")}
-_OBJECT_HEADS = (b'"kind":"Pod","apiVersion":"v1","metadata":{', b'"metadata":{')
-"""How a pod object starts, up to the opening of its metadata (typed list items leave out
-kind and apiVersion)."""
 
 
 class PodEventHead(NamedTuple):
@@ -91,31 +93,15 @@ def pod_event_head(line: bytes) -> PodEventHead | None:
 
 
 def list_item_uid(item: bytes) -> str | None:
-    """The UID of a pod list item, from the flat head of its metadata (None: not found)."""
-    start = _metadata_start(item, 1) if item.startswith(b"{") else -1
-    if start < 0:
+    """The UID of a pod list item, from the flat head of its metadata (None: not found, or not
+    in the API server's shape)."""
+    head = _ITEM_HEAD.match(item)
+    if head is None:
         return None
-    return _string_field(item, b'"uid":', start, _metadata_head_end(item, start))
-
-
-def _metadata_start(data: bytes, at: int) -> int:
-    """Where metadata's members start, for a pod object opened just before `at` (-1: it does
-    not start with metadata, after kind and apiVersion or without them)."""
-    for head in _OBJECT_HEADS:
-        if data.startswith(head, at):
-            return at + len(head)
-    return -1
-
-
-def _metadata_head_end(data: bytes, start: int) -> int:
-    """The end of metadata's leading scalars: its first nested value or its own end (`start`,
-    an empty head, if neither occurs)."""
-    end = len(data)
-    for mark in (b"{", b"[", b"}"):  # each bounded by what was found before it: short searches
-        at = data.find(mark, start, end)
-        if at >= 0:
-            end = at
-    return end if end < len(data) else start
+    try:
+        return head.group(1).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 _SPEC = b',"spec":{'

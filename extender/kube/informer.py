@@ -390,7 +390,7 @@ class Informer:
     def _on_skipped(self, resource_version: str) -> None:
         """A line the sink's `skippable` answered: only the resourceVersion moves (as for a
         BOOKMARK, without building one: most lines of a busy cluster's pod watch come here)."""
-        self._rv = resource_version  # (`_moved_to`, inline: most lines of a pod watch come here)
+        self._rv = resource_version
         self._last_event_at = self._clock()
         if self._watch_events == 0:
             self._progressed()
@@ -409,11 +409,8 @@ class Informer:
             raise WatchStreamError(f"watch {self.resource.path}: unknown event type {kind!r}")
         metadata = raw_object.get("metadata")
         rv = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
-        self._moved_to(rv if isinstance(rv, str) and rv else self._rv)
-
-    def _moved_to(self, resource_version: str | None) -> None:
-        """An event arrived: the watch resumes from `resource_version` from now on."""
-        self._rv = resource_version
+        if isinstance(rv, str) and rv:
+            self._rv = rv
         self._last_event_at = self._clock()
 
     async def _list(self, convert: Callable[[RawObject], _T | None]) -> tuple[list[_T], str]:
